@@ -1,0 +1,43 @@
+"""Engine configuration: one dataclass, validated once, passed explicitly."""
+from dataclasses import dataclass, field
+
+import torch
+
+from fair_lora.popularity import PopularityConfig
+
+MODES = ("fair", "slora")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = None  # a Hugging Face model directory; None: the embedded demo model
+    adapters: dict[str, str] = field(default_factory=dict)  # name -> PEFT adapter directory
+    adapter_roots: list[str] = field(default_factory=list)  # empty: the parents of `adapters`' directories
+    device: str = "cpu"
+    dtype: str = "float32"
+    mode: str = "fair"  # "fair": merge the hot adapter + correction; "slora": never merge
+    max_lora_rank: int = 64
+    max_adapter_slots: int = 16  # device slots; more adapters stay on the host and swap in (LRU)
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    max_waiting: int = 4096  # add_request beyond this raises QueueFullError
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # None: sized from max_num_seqs and max_model_len
+    scheduling_policy: str = "fcfs"
+    popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    demo_dir: str | None = None  # where the demo assets are created; None: ~/.cache/fair_lora/demo
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        for name in ("max_lora_rank", "max_adapter_slots", "max_num_seqs", "max_num_batched_tokens", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
