@@ -1,4 +1,5 @@
 from fair_lora.kernels.lora_batch import LoRABatch, build_lora_batch
 from fair_lora.kernels.lora_correction import lora_correction
+from fair_lora.kernels.lora_slots import LoRASlots
 
-__all__ = ["LoRABatch", "build_lora_batch", "lora_correction"]
+__all__ = ["LoRABatch", "LoRASlots", "build_lora_batch", "lora_correction"]

@@ -4,21 +4,16 @@ import torch
 from fair_lora.kernels.lora_batch import LoRABatch
 from fair_lora.kernels.lora_expand_ref import lora_expand_ref
 from fair_lora.kernels.lora_shrink_ref import lora_shrink_ref
+from fair_lora.kernels.lora_slots import LoRASlots
 
 
-def lora_correction(
-    y: torch.Tensor,
-    x: torch.Tensor,
-    lora_a: torch.Tensor,
-    lora_b: torch.Tensor,
-    ranks: tuple[int, ...],
-    batch: LoRABatch,
-) -> None:
+def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> None:
     """y[t_e] += c_e · (x[t_e] · A[s_e, :r]ᵀ) · B[s_e, :, :r]ᵀ for every entry e of `batch`.
 
-    y: [T, H_out] (updated in place); x: [T, H_in]; lora_a: [S, R, H_in]; lora_b: [S, H_out, R];
-    ranks: [S] host ints, a slot's rank for this projection (0: not targeted). Hot tokens have no entries."""
+    y: [T, H_out] (updated in place); x: [T, H_in]; slots: the projection's pooled adapters
+    (A: [S, R, H_in], B: [S, H_out, R], per-slot rank, 0 where the projection is not targeted).
+    Tokens of the merged hot adapter have no entries, so they cost nothing here."""
     if batch.empty:
         return
-    v = lora_shrink_ref(x, lora_a, ranks, batch)
-    lora_expand_ref(y, v, lora_b, ranks, batch)
+    v = lora_shrink_ref(x, slots, batch)
+    lora_expand_ref(y, v, slots, batch)

@@ -2,18 +2,17 @@
 import torch
 
 from fair_lora.kernels.lora_batch import LoRABatch
+from fair_lora.kernels.lora_slots import LoRASlots
 
 
-def lora_expand_ref(
-    y: torch.Tensor, v: torch.Tensor, lora_b: torch.Tensor, ranks: tuple[int, ...], batch: LoRABatch
-) -> None:
-    """y: [T, H_out], updated in place; v: [E, R] float32 from the shrink; lora_b: [S, H_out, R]."""
+def lora_expand_ref(y: torch.Tensor, v: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> None:
+    """y: [T, H_out], updated in place; v: [E, R] float32 from the shrink; slots.b: [S, H_out, R]."""
     delta = torch.zeros(y.shape, dtype=torch.float32, device=y.device)
     for g, slot in enumerate(batch.seg_slot_host):
-        r = ranks[slot]
+        r = slots.ranks_host[slot]
         lo, hi = batch.seg_start_host[g], batch.seg_start_host[g + 1]
         if r == 0 or lo == hi:
             continue
         vs = v[lo:hi, :r] * batch.scale[lo:hi, None]
-        delta.index_add_(0, batch.token_idx[lo:hi], vs @ lora_b[slot, :, :r].float().t())
+        delta.index_add_(0, batch.token_idx[lo:hi], vs @ slots.b[slot, :, :r].float().t())
     y += delta.to(y.dtype)
