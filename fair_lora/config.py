@@ -27,6 +27,7 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # None: sized from max_num_seqs and max_model_len
     scheduling_policy: str = "fcfs"
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    auto_hot: bool = True  # fair mode: the engine's own window picks the hot adapter; False: set_hot_adapter only
     demo_dir: str | None = None  # where the demo assets are created; None: ~/.cache/fair_lora/demo
 
     def __post_init__(self) -> None:

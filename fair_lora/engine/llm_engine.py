@@ -1,0 +1,265 @@
+"""LLMEngine: the offline and serving entry point. step() = schedule → run → postprocess; between steps the
+hot adapter may be switched (merged), never inside one."""
+import itertools
+import time
+from collections.abc import Sequence as Seq
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from fair_lora.config import EngineConfig
+from fair_lora.engine.block_manager import BlockManager
+from fair_lora.engine.model_runner import ModelRunner
+from fair_lora.engine.policy import make_policy
+from fair_lora.engine.scheduler import ScheduledSeq, Scheduler
+from fair_lora.engine.sequence import Sequence
+from fair_lora.errors import FairLoRAError, QueueFullError, RequestError
+from fair_lora.layers.sampler import sample
+from fair_lora.lora.adapter import load_adapter
+from fair_lora.lora.adapter_pool import AdapterPool
+from fair_lora.lora.hot_merge import HotMerger
+from fair_lora.models.loader import load_model
+from fair_lora.outputs import RequestOutput, RequestTimes
+from fair_lora.popularity import HotAdapterPolicy, PopularityWindow
+from fair_lora.sampling_params import SamplingParams
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        model_dir, adapters = self._resolve_assets(config)
+        self.model_dir = model_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.model, self.hf_config = load_model(model_dir, config.torch_dtype, config.device)
+        self.max_model_len = min(config.max_model_len or 10**9, self.model.args.max_position_embeddings)
+        self.eos_ids = self._eos_ids()
+        linears = self.model.lora_linears()
+        self.shapes = {path: (m.in_features, m.out_features) for path, m in linears.items()}
+        self.pool = AdapterPool(linears, config.max_adapter_slots, config.max_lora_rank, config.torch_dtype, config.device)
+        self.merger = HotMerger(linears) if config.mode == "fair" else None
+        self.hot: str | None = None
+        self.adapter_roots = [Path(r) for r in config.adapter_roots] or sorted({Path(p).resolve().parent for p in adapters.values()})
+        num_blocks = config.num_kv_blocks or config.max_num_seqs * -(-self.max_model_len // config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(
+            self.blocks, make_policy(config.scheduling_policy), self.pool, config.max_num_seqs, config.max_num_batched_tokens
+        )
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, config.torch_dtype, config.device)
+        self.window = PopularityWindow(config.popularity)
+        self.hot_policy = HotAdapterPolicy(config.popularity)
+        self.sequences: dict[str, Sequence] = {}
+        self.switches: list[tuple[str | None, float]] = []  # (new hot adapter, seconds) of every switch
+        self._ids = itertools.count()
+        for name, path in adapters.items():
+            self.load_adapter(name, path)
+
+    @staticmethod
+    def _resolve_assets(config: EngineConfig) -> tuple[Path, dict[str, str]]:
+        if config.model is not None:
+            return Path(config.model), dict(config.adapters)
+        from fair_lora.demo import default_demo_root, make_demo
+
+        assets = make_demo(Path(config.demo_dir) if config.demo_dir else default_demo_root())
+        return assets.model_dir, {**{n: str(p) for n, p in assets.adapters.items()}, **config.adapters}
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.hf_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    # ---- adapters and the hot merge -------------------------------------------------------------------
+
+    @property
+    def base_model_name(self) -> str:
+        return self.model_dir.name
+
+    def adapters(self) -> list[str]:
+        return sorted(self.pool.adapters)
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        adapter = load_adapter(
+            name, path, self.adapter_roots, self.shapes, self.config.max_lora_rank, self.config.torch_dtype
+        )
+        self.pool.add(adapter)
+
+    def unload_adapter(self, name: str) -> None:
+        self.pool.remove(name)
+
+    @property
+    def hot_adapter(self) -> str | None:
+        return self.hot
+
+    def set_hot_adapter(self, name: str | None) -> float:
+        """Merge `name` (None: restore the base weights) between steps; returns the switch time in seconds."""
+        if self.merger is None:
+            raise FairLoRAError("mode='slora' never merges an adapter; use mode='fair'")
+        if name == self.hot:
+            return 0.0
+        start = time.perf_counter()
+        if name is None:
+            self.merger.restore()
+        else:
+            self.merger.merge(self.pool.get(name), self.pool.acquire(name))  # pinned while merged
+        if self.hot is not None:
+            self.pool.release(self.hot)
+        self.hot = name
+        if self.model.lm_head.weight.is_cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        self.switches.append((name, seconds))
+        return seconds
+
+    def _hot_slot(self) -> int | None:
+        if self.hot is None:
+            return None
+        # The correction subtracts the hot adapter's delta: its weights must be resident, or the batch is wrong.
+        assert self.pool.pins[self.hot] > 0, "the merged adapter lost its slot pin"
+        return self.pool.slot_of[self.hot]
+
+    def _auto_hot(self) -> None:
+        if self.merger is not None and self.config.auto_hot:
+            choice = self.hot_policy.choose(self.window)
+            if choice != self.hot and (choice is None or choice in self.pool.adapters):
+                self.set_hot_adapter(choice)
+
+    # ---- requests --------------------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        adapter: str | None = None,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        params = params or SamplingParams()
+        if adapter is not None:
+            self.pool.get(adapter)
+        if len(self.scheduler.waiting) >= self.config.max_waiting:
+            raise QueueFullError(f"{len(self.scheduler.waiting)} requests are waiting (max_waiting); retry later")
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self._check_prompt(ids, params)
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self.sequences:
+            raise RequestError(f"request_id {request_id!r} is already in use")
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.config.device).manual_seed(params.seed)
+        seq = Sequence(request_id, adapter, ids, params, RequestTimes(arrival=time.monotonic()), generator)
+        self.sequences[request_id] = seq
+        self.scheduler.add(seq)
+        self.window.record(adapter)
+        return request_id
+
+    def _check_prompt(self, ids: list[int], params: SamplingParams) -> None:
+        if not ids:
+            raise RequestError("the prompt is empty")
+        if not all(isinstance(t, int) and 0 <= t < self.model.args.vocab_size for t in ids):
+            raise RequestError(f"prompt token ids must be integers in [0, {self.model.args.vocab_size})")
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise RequestError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of "
+                f"{self.max_model_len} tokens; shorten the prompt or lower max_tokens"
+            )
+
+    def abort(self, request_id: str) -> bool:
+        seq = self.sequences.pop(request_id, None)
+        if seq is None or seq.finished:
+            return False
+        self.scheduler.finish(seq, "abort")
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the step loop ---------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        self._auto_hot()
+        out = self.scheduler.schedule()
+        if not out.scheduled:
+            return []
+        slots = [self.pool.slot_of[s.seq.adapter] if s.seq.adapter else -1 for s in out.scheduled]
+        logits = self.runner.run(out.scheduled, slots, self.pool.slot_scales, self._hot_slot())
+        return self._postprocess(out.scheduled, logits)
+
+    def _postprocess(self, scheduled: list[ScheduledSeq], logits: torch.Tensor) -> list[RequestOutput]:
+        sampling = [s for s in scheduled if s.samples]
+        for s in scheduled:
+            s.seq.num_computed += s.num_new
+        tokens, logprobs = sample(logits, [s.seq.params for s in sampling], [s.seq.generator for s in sampling])
+        outputs = []
+        for s, token, logprob in zip(sampling, tokens, logprobs):
+            self._append(s.seq, token, logprob)
+            outputs.append(self._output(s.seq))
+        return outputs
+
+    def _append(self, seq: Sequence, token: int, logprob: float) -> None:
+        now = time.monotonic()
+        seq.token_ids.append(token)
+        seq.logprobs.append(logprob)
+        seq.times.first_token = seq.times.first_token or now
+        seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+        reason = self._finish_reason(seq, token)
+        if reason is not None:
+            self.scheduler.finish(seq, reason)
+            seq.times.finish = now
+            self.sequences.pop(seq.request_id, None)
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        if token in self.eos_ids and not p.ignore_eos:
+            return "stop"
+        for stop in p.stop:
+            at = seq.text.find(stop)
+            if at != -1:
+                seq.text = seq.text[:at]
+                return "stop"
+        if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        new = seq.output_ids[seq.num_emitted :]
+        seq.num_emitted = len(seq.output_ids)
+        return RequestOutput(
+            request_id=seq.request_id,
+            adapter=seq.adapter,
+            prompt_token_ids=seq.prompt_token_ids,
+            token_ids=seq.output_ids,
+            text=seq.text,
+            finished=seq.finished,
+            finish_reason=seq.finish_reason,
+            times=seq.times,
+            logprobs=list(seq.logprobs) if seq.params.logprobs else None,
+            new_token_ids=new,
+        )
+
+    def generate(
+        self,
+        prompts: Seq[str | list[int]],
+        adapters: Seq[str | None] | str | None = None,
+        params: SamplingParams | Seq[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Run the prompts to completion; outputs in the prompts' order."""
+        n = len(prompts)
+        adapters = adapters if isinstance(adapters, (list, tuple)) else [adapters] * n
+        params = params if isinstance(params, (list, tuple)) else [params or SamplingParams()] * n
+        ids = [self.add_request(p, a, sp) for p, a, sp in zip(prompts, adapters, params)]
+        final: dict[str, RequestOutput] = {}
+        while self.has_unfinished():
+            final.update((o.request_id, o) for o in self.step() if o.finished)
+        return [final[i] for i in ids]
+
+    def stats(self) -> dict:
+        return {
+            "hot_adapter": self.hot,
+            "waiting": len(self.scheduler.waiting),
+            "running": len(self.scheduler.running),
+            "free_blocks": self.blocks.num_free,
+            "num_blocks": self.blocks.num_blocks,
+            "resident_adapters": list(self.pool.slot_of),
+            "switches": len(self.switches),
+        }

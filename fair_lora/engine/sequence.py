@@ -1,0 +1,52 @@
+"""One request as the engine tracks it: its tokens, its KV blocks, and how far its cache is computed."""
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from fair_lora.outputs import RequestTimes
+from fair_lora.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    adapter: str | None  # None: the base model
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    times: RequestTimes
+    generator: torch.Generator | None = None  # seeded per request, so sampling ignores batch composition
+    token_ids: list[int] = field(default_factory=list)  # prompt + output
+    logprobs: list[float] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose k/v are in the cache
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: str | None = None
+    text: str = ""
+    num_emitted: int = 0  # output tokens already reported, for incremental outputs
+    num_preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[len(self.prompt_token_ids) :]
+
+    @property
+    def num_uncomputed(self) -> int:
+        return self.num_tokens - self.num_computed
+
+    @property
+    def finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED

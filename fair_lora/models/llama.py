@@ -1,0 +1,78 @@
+"""The Llama-family decoder (Llama, Mistral, Qwen2), named like transformers' modules so checkpoints and PEFT
+adapters map onto it by name. Input is a flat token batch: [T] ids and positions plus one ForwardBatch."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fair_lora.layers.attention import Attention
+from fair_lora.layers.forward_batch import ForwardBatch
+from fair_lora.layers.lora_linear import LoRALinear
+from fair_lora.layers.mlp import GatedMLP
+from fair_lora.layers.rms_norm import RMSNorm
+from fair_lora.layers.rotary import RotaryEmbedding
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    qkv_bias: bool
+    tie_word_embeddings: bool
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, args: ModelArgs, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.self_attn = Attention(
+            args.hidden_size, args.num_heads, args.num_kv_heads, args.head_dim, args.qkv_bias, rotary
+        )
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.mlp = GatedMLP(args.hidden_size, args.intermediate_size)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, batch)
+        return x + self.mlp(self.post_attention_layernorm(x), batch.lora)
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, args: ModelArgs, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.rotary = rotary
+        self.layers = nn.ModuleList(DecoderLayer(args, rotary) for _ in range(args.num_layers))
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, positions, batch)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, args: ModelArgs, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.args = args
+        self.model = LlamaModel(args, rotary)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        if args.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """input_ids, positions: [T]. Returns float32 logits [B_sample, V] of batch.logits_rows."""
+        hidden = self.model(input_ids, positions, batch)
+        return self.lm_head(hidden[batch.logits_rows]).float()
+
+    def lora_linears(self) -> dict[str, LoRALinear]:
+        """Every LoRA-aware projection by its transformers module path, e.g. 'model.layers.0.self_attn.q_proj'."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, LoRALinear)}
