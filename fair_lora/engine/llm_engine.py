@@ -14,6 +14,7 @@ from fair_lora.engine.model_runner import ModelRunner
 from fair_lora.engine.policy import make_policy
 from fair_lora.engine.scheduler import ScheduledSeq, Scheduler
 from fair_lora.engine.sequence import Sequence
+from fair_lora.engine.step_stats import StepStats
 from fair_lora.errors import FairLoRAError, QueueFullError, RequestError
 from fair_lora.layers.sampler import sample
 from fair_lora.lora.adapter import load_adapter
@@ -51,6 +52,7 @@ class LLMEngine:
         self.sequences: dict[str, Sequence] = {}
         self.switches: list[tuple[str | None, float]] = []  # (new hot adapter, seconds) of every switch
         self._ids = itertools.count()
+        self.last_step = StepStats()
         for name, path in adapters.items():
             self.load_adapter(name, path)
 
@@ -178,12 +180,19 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         self._auto_hot()
+        start = time.perf_counter()
         out = self.scheduler.schedule()
         if not out.scheduled:
+            self.last_step = StepStats(num_preempted=len(out.preempted), hot_adapter=self.hot)
             return []
         slots = [self.pool.slot_of[s.seq.adapter] if s.seq.adapter else -1 for s in out.scheduled]
         logits = self.runner.run(out.scheduled, slots, self.pool.slot_scales, self._hot_slot())
-        return self._postprocess(out.scheduled, logits)
+        outputs = self._postprocess(out.scheduled, logits)
+        corrected = sum(s.num_new for s in out.scheduled if s.seq.adapter != self.hot)
+        self.last_step = StepStats(
+            len(out.scheduled), out.num_tokens, corrected, len(out.preempted), self.hot, time.perf_counter() - start
+        )
+        return outputs
 
     def _postprocess(self, scheduled: list[ScheduledSeq], logits: torch.Tensor) -> list[RequestOutput]:
         sampling = [s for s in scheduled if s.samples]
