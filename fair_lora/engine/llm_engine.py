@@ -53,6 +53,7 @@ class LLMEngine:
         self.switches: list[tuple[str | None, float]] = []  # (new hot adapter, seconds) of every switch
         self._ids = itertools.count()
         self.last_step = StepStats()
+        self.num_preemptions = 0
         for name, path in adapters.items():
             self.load_adapter(name, path)
 
@@ -165,6 +166,11 @@ class LLMEngine:
                 f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of "
                 f"{self.max_model_len} tokens; shorten the prompt or lower max_tokens"
             )
+        if self.blocks.blocks_for(len(ids) + params.max_tokens) > self.blocks.num_blocks:
+            raise RequestError(
+                f"prompt + max_tokens ({len(ids) + params.max_tokens} tokens) needs more KV cache than the engine "
+                f"has ({self.blocks.num_blocks} blocks of {self.blocks.block_size}); lower max_tokens"
+            )
 
     def abort(self, request_id: str) -> bool:
         seq = self.sequences.pop(request_id, None)
@@ -182,6 +188,7 @@ class LLMEngine:
         self._auto_hot()
         start = time.perf_counter()
         out = self.scheduler.schedule()
+        self.num_preemptions += len(out.preempted)
         if not out.scheduled:
             self.last_step = StepStats(num_preempted=len(out.preempted), hot_adapter=self.hot)
             return []
@@ -271,4 +278,5 @@ class LLMEngine:
             "num_blocks": self.blocks.num_blocks,
             "resident_adapters": list(self.pool.slot_of),
             "switches": len(self.switches),
+            "preemptions": self.num_preemptions,
         }

@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fair_lora.demo import DemoSpec, make_demo
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Mixed ranks (4, 8, 16), different alphas, one adapter with rsLoRA, one targeting only q/v (DemoSpec default).
+SPEC = DemoSpec(seed=0, num_adapters=6, use_rslora_every=3)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("demo")
+
+
+@pytest.fixture(scope="session")
+def demo(demo_root):
+    return make_demo(demo_root, SPEC)
+
+
+@pytest.fixture(scope="session")
+def oracle(demo):
+    from tests.hf_oracle import HFOracle
+
+    return HFOracle(demo.model_dir, demo.adapters)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
