@@ -42,8 +42,13 @@ def model_args(config: PretrainedConfig) -> ModelArgs:
 
 
 def rotary_from_config(config: PretrainedConfig, max_positions: int) -> RotaryEmbedding:
-    params = getattr(config, "rope_parameters", None) or {"rope_type": "default"}
-    rope_type = params.get("rope_type", "default")
+    # transformers >= 5 normalises rope settings into `rope_parameters`; older versions keep rope_theta and
+    # rope_scaling (and real Llama-2 configs still carry those keys), so read either.
+    params = getattr(config, "rope_parameters", None) or {
+        "rope_theta": getattr(config, "rope_theta", 10000.0),
+        **(getattr(config, "rope_scaling", None) or {}),
+    }
+    rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "dynamic":
         raise ModelFormatError("rope_type 'dynamic' is not supported (its frequencies change with the length)")
     if rope_type == "default":
