@@ -142,6 +142,8 @@ class LLMEngine:
             self.pool.get(adapter)
         if len(self.scheduler.waiting) >= self.config.max_waiting:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are waiting (max_waiting); retry later")
+        if not prompt:
+            raise RequestError("the prompt is empty")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self._check_prompt(ids, params)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -157,8 +159,6 @@ class LLMEngine:
         return request_id
 
     def _check_prompt(self, ids: list[int], params: SamplingParams) -> None:
-        if not ids:
-            raise RequestError("the prompt is empty")
         if not all(isinstance(t, int) and 0 <= t < self.model.args.vocab_size for t in ids):
             raise RequestError(f"prompt token ids must be integers in [0, {self.model.args.vocab_size})")
         if len(ids) + params.max_tokens > self.max_model_len:
