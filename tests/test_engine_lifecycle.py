@@ -1,0 +1,73 @@
+"""Requests come and go: aborts, preemption and finishing return every KV block and every adapter pin."""
+import random
+
+from fair_lora import SamplingParams
+from tests.engine_helpers import make_engine
+
+
+def test_thousand_random_requests_with_aborts_and_preemption_free_every_block(demo):
+    engine = make_engine(
+        demo, block_size=4, num_kv_blocks=40, max_num_seqs=24, max_num_batched_tokens=64, max_model_len=64,
+        max_adapter_slots=3, auto_hot=True,
+    )
+    rng = random.Random(1)
+    names = [*demo.adapters, None]
+    live: list[str] = []
+    added = aborted = finished = 0
+    while added < 1000 or engine.has_unfinished():
+        for _ in range(min(rng.randint(0, 12), 1000 - added)):
+            prompt = [rng.randrange(3, 259) for _ in range(rng.randint(1, 24))]
+            params = SamplingParams(max_tokens=rng.randint(1, 12), temperature=rng.choice([0.0, 0.8]), seed=added)
+            live.append(engine.add_request(prompt, rng.choice(names), params))
+            added += 1
+        for request_id in rng.sample(live, k=min(len(live), rng.randint(0, 2))):
+            aborted += engine.abort(request_id)
+            live.remove(request_id)
+        for out in engine.step():
+            if out.finished:
+                finished += 1
+                live.remove(out.request_id)
+                assert 1 <= len(out.token_ids) <= 12
+    assert finished + aborted == 1000 and aborted > 50
+    assert engine.num_preemptions > 0, "the cache was sized to force preemption"
+    assert engine.blocks.num_free == engine.blocks.num_blocks
+    assert sorted(engine.blocks.free_blocks) == list(range(engine.blocks.num_blocks)), "no block freed twice"
+    assert set(engine.pool.pins) <= {engine.hot_adapter}, "only the merged adapter may stay pinned"
+    assert not engine.sequences
+
+
+def test_seeded_sampling_ignores_batch_composition(demo):
+    engine = make_engine(demo)
+    params = SamplingParams(max_tokens=8, temperature=0.9, top_p=0.9, top_k=50, seed=7, ignore_eos=True)
+    alone = engine.generate(["Hello, world!"], ["adapter-3"], params)[0].token_ids
+    crowd = engine.generate(["Hello, world!", "noise", "more noise"], ["adapter-3", None, "adapter-1"], params)
+    assert crowd[0].token_ids == alone
+
+
+def test_top_k_one_is_greedy(demo):
+    engine = make_engine(demo)
+    greedy = engine.generate(["abc"], ["adapter-0"], SamplingParams(max_tokens=6, ignore_eos=True))[0]
+    top1 = engine.generate(["abc"], ["adapter-0"], SamplingParams(max_tokens=6, temperature=1.5, top_k=1, seed=3, ignore_eos=True))[0]
+    assert top1.token_ids == greedy.token_ids
+
+
+def test_stop_string_truncates_text_and_finishes(demo):
+    engine = make_engine(demo)
+    full = engine.generate(["Hello"], [None], SamplingParams(max_tokens=12, ignore_eos=True))[0]
+    stop = full.text[3:5]
+    assert stop, "the demo model generates some text"
+    out = engine.generate(["Hello"], [None], SamplingParams(max_tokens=12, ignore_eos=True, stop=[stop]))[0]
+    assert out.finish_reason == "stop" and stop not in out.text and full.text.startswith(out.text)
+
+
+def test_incremental_outputs_add_up_to_the_final_one(demo):
+    engine = make_engine(demo)
+    request_id = engine.add_request("stream me", "adapter-5", SamplingParams(max_tokens=7, ignore_eos=True))
+    pieces, last = [], None
+    while engine.has_unfinished():
+        for out in engine.step():
+            assert out.request_id == request_id
+            pieces += out.new_token_ids
+            last = out
+    assert last.finished and last.finish_reason == "length" and pieces == last.token_ids and len(pieces) == 7
+    assert last.times.arrival <= last.times.first_token <= last.times.finish
