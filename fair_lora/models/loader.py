@@ -73,11 +73,9 @@ def load_model(model_dir: str | Path, dtype: torch.dtype, device: str | torch.de
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     args = model_args(config)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(args, rotary_from_config(config, 1))
-    model.model.rotary = rotary_from_config(config, args.max_position_embeddings).to(device)
-    for layer in model.model.layers:
-        layer.self_attn.rotary = model.model.rotary
+    rotary = rotary_from_config(config, args.max_position_embeddings).to(device)
+    with torch.device("meta"):  # no memory for weights that the checkpoint overwrites anyway
+        model = LlamaForCausalLM(args, rotary)
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded: set[str] = set()
     for path in weight_files(model_dir):
