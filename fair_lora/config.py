@@ -12,6 +12,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class EngineConfig:
     model: str | None = None  # a Hugging Face model directory; None: the embedded demo model
+    load_format: str = "safetensors"  # "dummy": random weights from config.json alone (benchmarks)
     adapters: dict[str, str] = field(default_factory=dict)  # name -> PEFT adapter directory
     adapter_roots: list[str] = field(default_factory=list)  # empty: the parents of `adapters`' directories
     device: str = "cpu"
@@ -33,6 +34,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.load_format not in ("safetensors", "dummy"):
+            raise ValueError(f"load_format must be 'safetensors' or 'dummy', got {self.load_format!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         for name in ("max_lora_rank", "max_adapter_slots", "max_num_seqs", "max_num_batched_tokens", "block_size"):

@@ -15,9 +15,9 @@ from fair_lora.engine.policy import make_policy
 from fair_lora.engine.scheduler import ScheduledSeq, Scheduler
 from fair_lora.engine.sequence import Sequence
 from fair_lora.engine.step_stats import StepStats
-from fair_lora.errors import FairLoRAError, QueueFullError, RequestError
+from fair_lora.errors import AdapterFormatError, FairLoRAError, QueueFullError, RequestError
 from fair_lora.layers.sampler import sample
-from fair_lora.lora.adapter import load_adapter
+from fair_lora.lora.adapter import LoRAAdapter, check_name, load_adapter
 from fair_lora.lora.adapter_pool import AdapterPool
 from fair_lora.lora.hot_merge import HotMerger
 from fair_lora.models.loader import load_model
@@ -31,8 +31,11 @@ class LLMEngine:
         self.config = config
         model_dir, adapters = self._resolve_assets(config)
         self.model_dir = model_dir
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.model, self.hf_config = load_model(model_dir, config.torch_dtype, config.device)
+        dummy = config.load_format == "dummy"
+        has_tokenizer = any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer.model"))
+        # A dummy-weight benchmark model may come without a tokenizer; it then takes token ids only.
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) if has_tokenizer or not dummy else None
+        self.model, self.hf_config = load_model(model_dir, config.torch_dtype, config.device, dummy=dummy)
         self.max_model_len = min(config.max_model_len or 10**9, self.model.args.max_position_embeddings)
         self.eos_ids = self._eos_ids()
         linears = self.model.lora_linears()
@@ -69,7 +72,7 @@ class LLMEngine:
     def _eos_ids(self) -> set[int]:
         eos = self.hf_config.eos_token_id
         ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
@@ -81,6 +84,14 @@ class LLMEngine:
 
     def adapters(self) -> list[str]:
         return sorted(self.pool.adapters)
+
+    def add_adapter(self, adapter: LoRAAdapter) -> None:
+        """Register an adapter built in memory (benchmarks); its weights must fit the base model's shapes."""
+        check_name(adapter.name)
+        for path, (a, b) in adapter.weights.items():
+            if path not in self.shapes or (a.shape[1], b.shape[0]) != self.shapes[path] or a.shape[0] > self.config.max_lora_rank:
+                raise AdapterFormatError(f"in-memory adapter {adapter.name!r}: {path} does not fit the base model")
+        self.pool.add(adapter)
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         adapter = load_adapter(
@@ -144,6 +155,8 @@ class LLMEngine:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are waiting (max_waiting); retry later")
         if not prompt:
             raise RequestError("the prompt is empty")
+        if isinstance(prompt, str) and self.tokenizer is None:
+            raise RequestError("this engine has no tokenizer; pass prompt token ids")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self._check_prompt(ids, params)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -217,7 +230,8 @@ class LLMEngine:
         seq.token_ids.append(token)
         seq.logprobs.append(logprob)
         seq.times.first_token = seq.times.first_token or now
-        seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+        if self.tokenizer is not None:
+            seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
         reason = self._finish_reason(seq, token)
         if reason is not None:
             self.scheduler.finish(seq, reason)

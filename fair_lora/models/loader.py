@@ -69,13 +69,18 @@ def weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype, device: str | torch.device) -> tuple[LlamaForCausalLM, PretrainedConfig]:
+def load_model(
+    model_dir: str | Path, dtype: torch.dtype, device: str | torch.device, dummy: bool = False
+) -> tuple[LlamaForCausalLM, PretrainedConfig]:
+    """dummy: random weights (std 0.02, norms 1) made on the device from config.json alone, for benchmarks."""
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     args = model_args(config)
     rotary = rotary_from_config(config, args.max_position_embeddings).to(device)
     with torch.device("meta"):  # no memory for weights that the checkpoint overwrites anyway
         model = LlamaForCausalLM(args, rotary)
+    if dummy:
+        return _random_weights(model, dtype, device), config
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded: set[str] = set()
     for path in weight_files(model_dir):
@@ -105,3 +110,16 @@ def _assign(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
     if tuple(old.shape) != tuple(tensor.shape):
         raise ModelFormatError(f"weight {name}: shape {tuple(tensor.shape)}, config implies {tuple(old.shape)}")
     setattr(module, attr, torch.nn.Parameter(tensor, requires_grad=False))
+
+
+def _random_weights(model: LlamaForCausalLM, dtype: torch.dtype, device) -> LlamaForCausalLM:
+    generator = torch.Generator(device=device).manual_seed(0)
+    for name, param in list(model.named_parameters()):
+        if name.endswith("norm.weight"):
+            tensor = torch.ones(param.shape, dtype=dtype, device=device)
+        else:
+            tensor = torch.randn(param.shape, generator=generator, dtype=dtype, device=device) * 0.02
+        _assign(model, name, tensor)
+    if model.args.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval()
