@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 from fair_lora.config import EngineConfig
 from fair_lora.engine.block_manager import BlockManager
 from fair_lora.engine.model_runner import ModelRunner
+from fair_lora.engine.output_processor import OutputProcessor
 from fair_lora.engine.policy import make_policy
 from fair_lora.engine.scheduler import ScheduledSeq, Scheduler
 from fair_lora.engine.sequence import Sequence
@@ -37,7 +38,6 @@ class LLMEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) if has_tokenizer or not dummy else None
         self.model, self.hf_config = load_model(model_dir, config.torch_dtype, config.device, dummy=dummy)
         self.max_model_len = min(config.max_model_len or 10**9, self.model.args.max_position_embeddings)
-        self.eos_ids = self._eos_ids()
         linears = self.model.lora_linears()
         self.shapes = {path: (m.in_features, m.out_features) for path, m in linears.items()}
         self.pool = AdapterPool(linears, config.max_adapter_slots, config.max_lora_rank, config.torch_dtype, config.device)
@@ -53,6 +53,7 @@ class LLMEngine:
         self.window = PopularityWindow(config.popularity)
         self.hot_policy = HotAdapterPolicy(config.popularity)
         self.sequences: dict[str, Sequence] = {}
+        self.processor = OutputProcessor(self.tokenizer, self._eos_ids(), self.max_model_len)
         self.switches: list[tuple[str | None, float]] = []  # (new hot adapter, seconds) of every switch
         self._ids = itertools.count()
         self.last_step = StepStats()
@@ -221,51 +222,13 @@ class LLMEngine:
         tokens, logprobs = sample(logits, [s.seq.params for s in sampling], [s.seq.generator for s in sampling])
         outputs = []
         for s, token, logprob in zip(sampling, tokens, logprobs):
-            self._append(s.seq, token, logprob)
-            outputs.append(self._output(s.seq))
+            reason = self.processor.append(s.seq, token, logprob)
+            if reason is not None:
+                self.scheduler.finish(s.seq, reason)
+                s.seq.times.finish = time.monotonic()
+                self.sequences.pop(s.seq.request_id, None)
+            outputs.append(self.processor.output(s.seq))
         return outputs
-
-    def _append(self, seq: Sequence, token: int, logprob: float) -> None:
-        now = time.monotonic()
-        seq.token_ids.append(token)
-        seq.logprobs.append(logprob)
-        seq.times.first_token = seq.times.first_token or now
-        if self.tokenizer is not None:
-            seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-        reason = self._finish_reason(seq, token)
-        if reason is not None:
-            self.scheduler.finish(seq, reason)
-            seq.times.finish = now
-            self.sequences.pop(seq.request_id, None)
-
-    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
-        p = seq.params
-        if token in self.eos_ids and not p.ignore_eos:
-            return "stop"
-        for stop in p.stop:
-            at = seq.text.find(stop)
-            if at != -1:
-                seq.text = seq.text[:at]
-                return "stop"
-        if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
-            return "length"
-        return None
-
-    def _output(self, seq: Sequence) -> RequestOutput:
-        new = seq.output_ids[seq.num_emitted :]
-        seq.num_emitted = len(seq.output_ids)
-        return RequestOutput(
-            request_id=seq.request_id,
-            adapter=seq.adapter,
-            prompt_token_ids=seq.prompt_token_ids,
-            token_ids=seq.output_ids,
-            text=seq.text,
-            finished=seq.finished,
-            finish_reason=seq.finish_reason,
-            times=seq.times,
-            logprobs=list(seq.logprobs) if seq.params.logprobs else None,
-            new_token_ids=new,
-        )
 
     def generate(
         self,
