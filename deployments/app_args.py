@@ -1,0 +1,113 @@
+"""The app's arguments (the `args:` block of serve_config.yaml), validated once at build time."""
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from fair_lora import EngineConfig, PopularityConfig
+
+DEMO_MODEL_NAME = "fair-lora-demo"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PopularityArgs(_Strict):
+    window_s: PositiveFloat = 30.0
+    window_requests: PositiveInt | None = 1000
+    enter_share: float = Field(0.5, gt=0.0, le=1.0)
+    exit_share: float = Field(0.3, ge=0.0, lt=1.0)
+    min_dwell_s: float = Field(5.0, ge=0.0)
+    min_requests: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> "PopularityArgs":
+        if self.exit_share >= self.enter_share:
+            raise ValueError(
+                f"popularity.exit_share ({self.exit_share}) must be below enter_share ({self.enter_share}), "
+                "or a hot adapter flaps in and out"
+            )
+        return self
+
+    def config(self) -> PopularityConfig:
+        return PopularityConfig(**self.model_dump())
+
+
+class ReplicaArgs(_Strict):
+    num_replicas: PositiveInt = 1
+    num_cpus: float = Field(0.1, ge=0.0)  # fractional on CPU machines: three 1-CPU replicas never fit on 2 cores
+    num_gpus: float = Field(0.0, ge=0.0)
+    max_ongoing_requests: PositiveInt | None = None  # None: derived (workers: batch + queue; ingress: 1024)
+
+
+class RoutingArgs(_Strict):
+    stats_period_s: PositiveFloat = 0.5  # how often each worker's hot adapter and queue reach the router
+    imbalance_threshold: PositiveInt | None = None  # prefer a hot worker unless it is this much busier; None: max_num_seqs
+    flush_s: PositiveFloat = 0.1  # ingress -> popularity actor
+    assignment_poll_s: PositiveFloat = 0.25  # worker -> popularity actor
+    actor_timeout_s: PositiveFloat = 1.0
+
+
+class AppArgs(_Strict):
+    model: str | None = None  # a Hugging Face model directory on every worker node; None: the embedded demo
+    served_model_name: str | None = None  # the base model's `model` name in the API; default: the directory name
+    adapters: dict[str, str] = Field(default_factory=dict)  # name -> PEFT adapter directory
+    adapter_roots: list[str] = Field(default_factory=list)  # where /v1/load_lora_adapter may read from
+    demo_dir: str | None = None  # the demo's cache directory; None: $FAIR_LORA_DEMO_DIR or ~/.cache/fair_lora/demo
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    mode: Literal["fair", "slora"] = "fair"
+    max_num_seqs: PositiveInt = 64
+    max_num_batched_tokens: PositiveInt = 2048
+    max_model_len: PositiveInt | None = None
+    max_waiting: PositiveInt = 256  # per worker; beyond it requests get 429
+    max_lora_rank: PositiveInt = 64
+    max_adapter_slots: PositiveInt = 16
+    cpu_threads: PositiveInt | None = None  # torch threads per worker; None: torch's default
+    workers: ReplicaArgs = Field(default_factory=lambda: ReplicaArgs(num_replicas=2))
+    ingress: ReplicaArgs = Field(default_factory=ReplicaArgs)
+    popularity: PopularityArgs = Field(default_factory=PopularityArgs)
+    routing: RoutingArgs = Field(default_factory=RoutingArgs)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AppArgs":
+        if self.device == "cuda" and self.workers.num_gpus < 1:
+            raise ValueError("device is 'cuda' but workers.num_gpus < 1: give each worker a GPU (workers.num_gpus: 1)")
+        if self.model is None and self.device == "cpu" and self.workers.num_gpus:
+            raise ValueError("the embedded demo runs on CPU: drop workers.num_gpus or set model and device: cuda")
+        return self
+
+    @property
+    def base_model_name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        return Path(self.model).name if self.model else DEMO_MODEL_NAME
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            model=self.model,
+            adapters=dict(self.adapters),
+            adapter_roots=list(self.adapter_roots),
+            device=self.device,
+            dtype=self.dtype,
+            mode=self.mode,
+            max_lora_rank=self.max_lora_rank,
+            max_adapter_slots=self.max_adapter_slots,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            max_waiting=self.max_waiting,
+            popularity=self.popularity.config(),
+            auto_hot=False,  # the cluster-wide plan decides, through set_hot_adapter
+            demo_dir=self.demo_dir,
+        )
+
+    @property
+    def worker_max_ongoing(self) -> int:
+        # One over the engine's capacity: the overflow request reaches the engine and gets its QueueFullError.
+        return self.workers.max_ongoing_requests or self.max_num_seqs + self.max_waiting + 1
+
+    @property
+    def ingress_max_ongoing(self) -> int:
+        return self.ingress.max_ongoing_requests or 1024

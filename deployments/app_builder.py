@@ -1,0 +1,51 @@
+"""build_app: the Serve application from serve_config.yaml's `args` (import_path: deployments:build_app)."""
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+
+from deployments.app_args import AppArgs
+from deployments.hot_adapter_router import HotAdapterRouter
+from deployments.ingress import Ingress
+from deployments.lora_worker import LoRAWorker
+
+
+class AppArgsError(ValueError):
+    """serve_config.yaml's args do not validate; the message lists each wrong field."""
+
+
+def parse_args(args: dict | AppArgs | None) -> AppArgs:
+    if isinstance(args, AppArgs):
+        return args
+    try:
+        return AppArgs.model_validate(args or {})
+    except ValidationError as error:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or '(args)'}: {e['msg']}" for e in error.errors()]
+        raise AppArgsError("invalid fair_lora app args in serve_config.yaml:\n" + "\n".join(lines)) from None
+
+
+def build_app(args: dict | AppArgs | None = None) -> Application:
+    app_args = parse_args(args)
+    routing = app_args.routing
+    router = RequestRouterConfig(
+        request_router_class=HotAdapterRouter,
+        request_router_kwargs={"imbalance_threshold": routing.imbalance_threshold or app_args.max_num_seqs},
+        request_routing_stats_period_s=routing.stats_period_s,
+        request_routing_stats_timeout_s=max(routing.stats_period_s, 1.0),
+    )
+    workers = serve.deployment(LoRAWorker).options(
+        num_replicas=app_args.workers.num_replicas,
+        ray_actor_options={"num_cpus": app_args.workers.num_cpus, "num_gpus": app_args.workers.num_gpus},
+        max_ongoing_requests=app_args.worker_max_ongoing,
+        max_queued_requests=app_args.max_waiting,
+        request_router_config=router,
+        health_check_period_s=2.0,
+        health_check_timeout_s=30.0,
+        graceful_shutdown_timeout_s=5.0,
+    )
+    ingress = serve.deployment(Ingress).options(
+        num_replicas=app_args.ingress.num_replicas,
+        ray_actor_options={"num_cpus": app_args.ingress.num_cpus, "num_gpus": app_args.ingress.num_gpus},
+        max_ongoing_requests=app_args.ingress_max_ongoing,
+    )
+    return ingress.bind(app_args, workers.bind(app_args))

@@ -1,0 +1,91 @@
+"""Every error the ingress returns, in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
+
+from deployments.engine_loop import EngineLoopDead
+from fair_lora.errors import (
+    AdapterError,
+    AdapterInUseError,
+    AdapterPoolFullError,
+    FairLoRAError,
+    QueueFullError,
+    RequestError,
+    UnknownAdapterError,
+)
+
+RETRY_AFTER_S = "1"
+ERROR_TYPES = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    409: "ConflictError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+# Most specific first: AdapterError catches the rest of the adapter family (bad name, path, format).
+_STATUS_OF = (
+    (UnknownAdapterError, 404),
+    (AdapterInUseError, 409),
+    (AdapterPoolFullError, 503),
+    (AdapterError, 400),
+    (RequestError, 400),
+    (QueueFullError, 429),
+)
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": RETRY_AFTER_S} if self.status in (429, 503) else {}
+
+    def body(self) -> dict:
+        kind = ERROR_TYPES.get(self.status, "Error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.status}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def to_http_error(error: BaseException) -> HTTPError:
+    """Map what a request can run into to a status; anything unknown is a bug and says so (500)."""
+    if isinstance(error, HTTPError):
+        return error
+    if isinstance(error, FairLoRAError):
+        status = next((code for kind, code in _STATUS_OF if isinstance(error, kind)), 400)
+        return HTTPError(status, str(error))
+    if isinstance(error, BackPressureError):
+        return HTTPError(429, "every worker's queue is full; retry later")
+    if isinstance(error, (RayActorError, EngineLoopDead, DeploymentUnavailableError)):
+        return HTTPError(503, f"the worker serving this request failed ({type(error).__name__}); retry")
+    if isinstance(error, RayTaskError):
+        return HTTPError(503, f"the worker serving this request failed: {error.cause!r}; retry")
+    return HTTPError(500, f"internal error: {error!r}")
+
+
+# What a request can run into without a bug on our side; each is answered by to_http_error's mapping.
+EXPECTED_ERRORS = (HTTPError, FairLoRAError, RayError, RayServeException)
+
+
+async def http_error_handler(_: Request, error: Exception) -> JSONResponse:
+    return to_http_error(error).response()
+
+
+async def validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0] if error.errors() else {}
+    where = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(where) or None
+    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid request body"))
+    return HTTPError(400, message, param).response()
+
+
+async def unexpected_error_handler(_: Request, error: Exception) -> JSONResponse:
+    return to_http_error(error).response()

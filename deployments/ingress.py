@@ -1,0 +1,211 @@
+"""The HTTP front: OpenAI-compatible completions and chat (SSE streaming or not), /v1/models, /generate
+(NDJSON streaming), vLLM's adapter load/unload, /health and /stats. It counts adapters for the popularity
+actor and hands each request to the worker deployment, whose router picks the worker."""
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter
+
+from deployments.app_args import AppArgs
+from deployments.http_errors import (
+    EXPECTED_ERRORS,
+    HTTPError,
+    http_error_handler,
+    to_http_error,
+    unexpected_error_handler,
+    validation_error_handler,
+)
+from deployments.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateBody,
+    LoadLoRAAdapterRequest,
+    UnloadLoRAAdapterRequest,
+)
+from deployments.openai_responses import OpenAIFormat, Result, sse
+from deployments.popularity_link import PopularityFeed, PopularityLink
+from deployments.text_stream import TextStream
+from deployments.worker_call import WorkerCall
+from deployments.worker_fleet import WorkerFleet
+from deployments.worker_protocol import GenerateRequest
+
+ADMIN_TIMEOUT_S = 60.0  # adapter loads read weights from disk on every worker
+# serve.ingress copies the class when it is decorated: module globals it uses must be defined above it.
+
+def _generate_body(request: GenerateRequest, result: Result) -> dict:
+    body = {
+        "id": request.request_id,
+        "adapter": request.adapter,
+        "text": result.text,
+        "token_ids": result.token_ids,
+        "finish_reason": result.finish_reason,
+        "usage": result.usage(),
+        "worker": result.admitted.worker,
+        "hot_adapter": result.admitted.hot_adapter,
+    }
+    if request.sampling.get("logprobs"):
+        body["logprobs"] = result.logprobs
+    return body
+
+
+app = FastAPI(title="fair_lora")
+app.add_exception_handler(RequestValidationError, validation_error_handler)
+for expected in EXPECTED_ERRORS:
+    app.add_exception_handler(expected, http_error_handler)
+app.add_exception_handler(Exception, unexpected_error_handler)  # a bug: answered as 500, and logged by Serve
+
+
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, args: AppArgs, workers: DeploymentHandle) -> None:
+        self.args = args
+        self.workers = workers
+        self.base_model = args.base_model_name
+        link = PopularityLink(serve.get_replica_context().app_name, args.popularity.config(), args.routing.actor_timeout_s)
+        self.link = link
+        self.feed = PopularityFeed(link, args.routing.flush_s)
+        self.fleet = WorkerFleet(workers, link, ADMIN_TIMEOUT_S)
+        self.responses = Counter("fair_lora_http_responses", "HTTP responses by route and status", ("path", "status"))
+        self._feed_task = asyncio.get_running_loop().create_task(self.feed.run())
+
+    # ---- generation -----------------------------------------------------------------------------------
+
+    def _adapter(self, model: str | None) -> str | None:
+        return None if model in (None, self.base_model) else model
+
+    async def _start(self, request: GenerateRequest, path: str) -> WorkerCall:
+        self.feed.count(request.adapter)
+        try:
+            return await WorkerCall.start(self.workers, request)
+        except BaseException as error:
+            if not isinstance(error, asyncio.CancelledError):
+                self._count(path, to_http_error(error).status)
+            raise
+
+    def _count(self, path: str, status: int) -> None:
+        self.responses.inc(1, {"path": path, "status": str(status)})
+
+    @app.post("/v1/completions")
+    async def completions(self, body: CompletionRequest):
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        return await self._openai(body, body.to_generate(request_id, self._adapter(body.model)), chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest):
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        return await self._openai(body, body.to_generate(request_id, self._adapter(body.model)), chat=True)
+
+    async def _openai(self, body: CompletionRequest | ChatCompletionRequest, request: GenerateRequest, chat: bool):
+        form = OpenAIFormat(request.request_id, body.model, chat)
+        call = await self._start(request, form.path)
+        want_logprobs = bool(request.sampling["logprobs"])
+        if body.stream:
+            stream = self._sse(call, form, TextStream(request.sampling["stop"]), want_logprobs, body.include_usage)
+            return StreamingResponse(stream, media_type="text/event-stream", headers=call.headers)
+        try:
+            result = await call.collect()
+        finally:
+            call.close()
+        self._count(form.path, 200)
+        return JSONResponse(form.response(result, want_logprobs), headers=call.headers)
+
+    async def _sse(
+        self, call: WorkerCall, form: OpenAIFormat, text: TextStream, want_logprobs: bool, include_usage: bool
+    ) -> AsyncIterator[str]:
+        result = Result(call.admitted)
+        try:
+            if form.chat:
+                yield sse(form.chunk("", None, None, first=True))
+            async for delta in call.deltas():
+                result.add(delta)
+                piece = text.push(delta.text, delta.finished)
+                logprobs = form.logprobs(delta.tokens or [], delta.logprobs or [], want_logprobs)
+                if piece or delta.finished or logprobs:
+                    yield sse(form.chunk(piece, delta.finish_reason, logprobs))
+            if include_usage:
+                yield sse(form.usage_chunk(result))
+            yield sse("[DONE]")
+            self._count(form.path, 200)
+        except Exception as error:  # headers are out: the error goes in the stream, as OpenAI's servers do
+            http_error = to_http_error(error)
+            self._count(form.path, http_error.status)
+            yield sse(http_error.body())
+        finally:
+            call.close()
+
+    @app.post("/generate")
+    async def generate(self, body: GenerateBody):
+        request = body.to_generate(f"gen-{uuid.uuid4().hex}", body.adapter or self._adapter(body.model))
+        call = await self._start(request, "/generate")
+        if body.stream:
+            return StreamingResponse(self._ndjson(call, request), media_type="application/x-ndjson", headers=call.headers)
+        try:
+            result = await call.collect()
+        finally:
+            call.close()
+        self._count("/generate", 200)
+        return JSONResponse(_generate_body(request, result), headers=call.headers)
+
+    async def _ndjson(self, call: WorkerCall, request: GenerateRequest) -> AsyncIterator[str]:
+        result = Result(call.admitted)
+        try:
+            async for delta in call.deltas():
+                result.add(delta)
+                yield json.dumps({**_generate_body(request, result), "finished": delta.finished}) + "\n"
+            self._count("/generate", 200)
+        except Exception as error:
+            http_error = to_http_error(error)
+            self._count("/generate", http_error.status)
+            yield json.dumps(http_error.body()) + "\n"
+        finally:
+            call.close()
+
+    # ---- models and adapters ----------------------------------------------------------------------------
+
+    @app.get("/v1/models")
+    async def models(self):
+        workers = [w for w in await self.fleet.describe() if "adapters" in w]
+        if not workers:
+            raise HTTPError(503, "no worker answered; retry")
+        adapters = sorted(set().union(*(w["adapters"] for w in workers)))
+        created = int(time.time())
+        base = {"id": self.base_model, "object": "model", "created": created, "owned_by": "fair_lora", "root": self.base_model,
+                "parent": None, "max_model_len": workers[0]["max_model_len"]}
+        cards = [base] + [{**base, "id": a, "root": a, "parent": self.base_model} for a in adapters]
+        return {"object": "list", "data": cards}
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(self, body: LoadLoRAAdapterRequest):
+        if body.lora_name == self.base_model:
+            raise HTTPError(400, f"lora_name {body.lora_name!r} is the base model's name; pick another", "lora_name")
+        count = await self.fleet.load(body.lora_name, body.lora_path)
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully on {count} workers.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(self, body: UnloadLoRAAdapterRequest):
+        count = await self.fleet.unload(body.lora_name)
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully from {count} workers.")
+
+    # ---- health and stats --------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health(self):
+        return PlainTextResponse("")
+
+    @app.get("/stats")
+    async def stats(self):
+        popularity = await self.link.call("snapshot")
+        return {
+            "base_model": self.base_model,
+            "popularity_actor": "ok" if popularity is not None else "unavailable",
+            "popularity": popularity,
+            "workers": await self.fleet.describe(),
+        }

@@ -1,0 +1,82 @@
+"""The cluster's popularity window and hot-adapter plan: one named, detached Ray actor per app.
+
+Its state is soft. Ingress replicas feed it request counts; workers poll it for their assignment and report
+their state. After a restart the window refills from new traffic; until it holds `min_requests` requests
+the actor answers `planned=False` and workers keep the adapter they have merged. The adapters loaded at
+runtime are rebuilt from the workers' reports, minus those unloaded since the actor started.
+"""
+import time
+
+import ray
+
+from deployments.worker_protocol import Assignment, WorkerReport
+from fair_lora.popularity import PopularityConfig, PopularityWindow, WorkerPlanner
+
+NAMESPACE = "fair_lora"
+
+
+def actor_name(app_name: str) -> str:
+    return f"popularity:{app_name}"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class PopularityActor:
+    def __init__(self, config: PopularityConfig) -> None:
+        self._configure(config)
+        self._reports: dict[int, tuple[float, WorkerReport]] = {}
+        self._registered: dict[str, str] = {}  # runtime adapters: name -> path
+        self._unloaded: set[str] = set()  # since this actor started; keeps stale reports from resurrecting them
+        self._started = time.time()
+
+    def _configure(self, config: PopularityConfig) -> None:
+        self.config = config
+        self._window = PopularityWindow(config)
+        self._planner = WorkerPlanner(0, config)
+        self._planned = False
+
+    async def configure(self, config: PopularityConfig) -> None:
+        """An app redeployed with other popularity settings takes over an existing actor."""
+        if config != self.config:
+            self._configure(config)
+
+    async def record(self, counts: dict[str | None, int]) -> None:
+        self._window.merge_counts(counts)
+
+    async def sync_worker(self, report: WorkerReport) -> Assignment:
+        self._reports[report.rank] = (time.time(), report)
+        for name, path in report.runtime_adapters.items():
+            if name not in self._unloaded:
+                self._registered.setdefault(name, path)
+        plan = self._plan(report.world_size)
+        hot = plan[report.rank] if report.rank < len(plan) else None
+        return Assignment(hot_adapter=hot, planned=self._planned, runtime_adapters=dict(self._registered))
+
+    def _plan(self, world_size: int) -> list[str | None]:
+        if world_size != len(self._planner.current):
+            self._planner.resize(world_size)
+        plan = self._planner.plan(self._window)
+        self._planned = self._planned or self._window.total() >= self.config.min_requests
+        return plan
+
+    async def register_adapter(self, name: str, path: str) -> None:
+        self._unloaded.discard(name)
+        self._registered[name] = path
+
+    async def unregister_adapter(self, name: str) -> None:
+        self._unloaded.add(name)
+        self._registered.pop(name, None)
+
+    async def snapshot(self) -> dict:
+        now = time.time()
+        return {
+            "window": self._window.snapshot(),
+            "shares": self._window.shares(),
+            "plan": self._planner.current,
+            "planned": self._planned,
+            "actor_uptime_s": now - self._started,
+            "workers": {
+                rank: {"hot_adapter": r.hot_adapter, "queue": r.queue, "report_age_s": now - at}
+                for rank, (at, r) in sorted(self._reports.items())
+            },
+            "runtime_adapters": dict(self._registered),
+        }

@@ -1,0 +1,19 @@
+"""Turns "all text so far" into deltas that never have to be taken back."""
+REPLACEMENT = "\ufffd"  # what a byte-level tokenizer decodes from an incomplete UTF-8 sequence
+
+
+class TextStream:
+    def __init__(self, stop: list[str]) -> None:
+        # A stop string may be cut off the text once it completes: hold back what could be its beginning.
+        self.holdback = max((len(s) for s in stop), default=1) - 1
+        self.sent = ""
+
+    def push(self, text: str, finished: bool) -> str:
+        """The part of `text` that is safe to send now and was not sent before."""
+        if not finished:
+            text = text.rstrip(REPLACEMENT)  # the next token may complete the character
+            text = text[: len(text) - self.holdback] if self.holdback else text
+        if not text.startswith(self.sent) or len(text) <= len(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent) :], text
+        return delta

@@ -1,0 +1,51 @@
+"""Operations that reach every worker (Serve's handle.broadcast): load, unload, describe."""
+from ray.serve.handle import DeploymentHandle
+
+from deployments.http_errors import HTTPError, to_http_error
+from deployments.popularity_link import PopularityLink
+from fair_lora.errors import UnknownAdapterError
+
+
+class WorkerFleet:
+    def __init__(self, workers: DeploymentHandle, link: PopularityLink, timeout_s: float) -> None:
+        self.workers = workers
+        self.link = link
+        self.timeout_s = timeout_s
+
+    async def _broadcast(self, method: str, *args) -> list:
+        try:
+            response = self.workers.broadcast(method, *args)
+            return await response.results_async(timeout_s=self.timeout_s, return_exceptions=True)
+        except TimeoutError:
+            raise HTTPError(503, f"workers did not answer {method} within {self.timeout_s:.0f} s; retry") from None
+
+    async def describe(self) -> list[dict]:
+        results = await self._broadcast("describe")
+        return sorted(
+            (r if isinstance(r, dict) else {"error": repr(r)} for r in results), key=lambda d: d.get("worker", -1)
+        )
+
+    async def load(self, name: str, path: str) -> int:
+        """Load on every worker, or on none: a failure anywhere unloads it again. Returns the worker count."""
+        results = await self._broadcast("load_adapter", name, path)
+        errors = [r for r in results if r is not None]
+        if errors:
+            if len(errors) < len(results):
+                await self._broadcast("unload_adapter", name)
+            raise to_http_error(errors[0])
+        await self.link.call("register_adapter", name, path)  # so a worker that replaces one loads it too
+        return len(results)
+
+    async def unload(self, name: str) -> int:
+        """Unload everywhere; a worker that no longer has it counts as done. Returns how many had it."""
+        await self.link.call("unregister_adapter", name)
+        results = await self._broadcast("unload_adapter", name)
+        missing = [r for r in results if isinstance(r, UnknownAdapterError)]
+        failed = [r for r in results if r is not None and not isinstance(r, UnknownAdapterError)]
+        if failed:
+            error = to_http_error(failed[0])
+            done = len(results) - len(failed)
+            raise HTTPError(error.status, f"{error.message} (unloaded from {done} of {len(results)} workers; retry)")
+        if len(missing) == len(results):
+            raise to_http_error(missing[0])
+        return len(results) - len(missing)

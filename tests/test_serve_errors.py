@@ -1,0 +1,67 @@
+"""Every mistake a client can make gets its status code and a message in OpenAI's error shape, never a 500."""
+import pytest
+
+
+pytestmark = pytest.mark.ray
+pytest_plugins = ["tests.serve_fixtures"]  # one Ray cluster and one config app for the session
+OK = {"model": "adapter-0", "prompt": "hi", "max_tokens": 4}
+
+
+def _error(response, status: int, *words: str, param: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == status and error["type"] and error["message"]
+    for word in words:
+        assert word in error["message"], error["message"]
+    if param is not None:
+        assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    "path, body, status, words, param",
+    [
+        ("/v1/completions", {**OK, "model": "no-such-adapter"}, 404, ["no-such-adapter", "not loaded"], None),
+        ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, ["nope"], None),
+        ("/generate", {"prompt": "x", "adapter": "nope"}, 404, ["nope"], None),
+        ("/v1/completions", {"model": "adapter-0"}, 400, ["Field required"], "prompt"),
+        ("/v1/completions", {**OK, "max_tokens": "many"}, 400, ["integer"], "max_tokens"),
+        ("/v1/completions", {**OK, "max_tokens": 0}, 400, ["greater than or equal to 1"], "max_tokens"),
+        ("/v1/completions", {**OK, "temperature": -1}, 400, ["greater than or equal to 0"], "temperature"),
+        ("/v1/completions", {**OK, "top_p": 0}, 400, ["greater than 0"], "top_p"),
+        ("/v1/completions", {**OK, "n": 2}, 400, ["n must be 1"], None),
+        ("/v1/completions", {**OK, "prompt": []}, 400, ["the prompt is empty"], None),
+        ("/v1/completions", {**OK, "prompt": [1, 99999]}, 400, ["token ids"], None),
+        ("/v1/completions", {**OK, "prompt": ["a", "b"]}, 400, ["one prompt per request"], "prompt"),
+        ("/v1/completions", {**OK, "max_tokens": 600}, 400, ["exceeds the context of 512 tokens"], None),
+        ("/v1/completions", {**OK, "prompt": "x" * 600, "max_tokens": 1}, 400, ["exceeds the context"], None),
+        ("/v1/chat/completions", {"model": "adapter-0", "messages": []}, 400, ["at least 1"], "messages"),
+        ("/v1/chat/completions", {"model": "adapter-0", "messages": [{"role": "tool", "content": "x"}]}, 400, ["role"], None),
+        ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/etc"}, 400, ["outside the configured adapter roots"], None),
+        ("/v1/load_lora_adapter", {"lora_name": "fair-lora-demo", "lora_path": "/x"}, 400, ["base model"], "lora_name"),
+        ("/v1/load_lora_adapter", {"lora_name": "../up", "lora_path": "/x"}, 400, ["invalid"], None),
+        ("/v1/unload_lora_adapter", {"lora_name": "never-loaded"}, 404, ["never-loaded"], None),
+    ],
+)
+def test_bad_input_gets_its_status_and_message(config_app, path, body, status, words, param):
+    with config_app.client() as c:
+        _error(c.post(path, json=body), status, *words, param=param)
+
+
+def test_malformed_json_is_a_400(config_app):
+    with config_app.client() as c:
+        response = c.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    _error(response, 400)
+
+
+def test_loading_an_adapter_twice_is_a_400_and_changes_nothing(config_app, offline_engine):
+    path = str(offline_engine.model_dir.parent / "adapters" / "adapter-1")
+    with config_app.client() as c:
+        _error(c.post("/v1/load_lora_adapter", json={"lora_name": "adapter-1", "lora_path": path}), 400, "already loaded")
+        assert all("adapter-1" in w["adapters"] for w in config_app.stats()["workers"])
+        assert c.post("/v1/completions", json={**OK, "model": "adapter-1"}).status_code == 200
+
+
+def test_the_server_is_healthy_after_all_of_it(config_app):
+    with config_app.client() as c:
+        assert c.get("/health").status_code == 200
+        assert c.post("/v1/completions", json=OK).status_code == 200

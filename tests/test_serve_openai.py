@@ -1,0 +1,124 @@
+"""The app built from serve_config.yaml's args, driven by the official openai client and plain HTTP:
+outputs equal the offline engine's (greedy), concurrent requests for different adapters share engine steps,
+adapters load and unload on every worker, and a client that goes away frees its KV blocks."""
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from tests.serve_fixtures import chat_ids, offline, wait_for
+
+pytestmark = pytest.mark.ray
+pytest_plugins = ["tests.serve_fixtures"]  # one Ray cluster and one config app for the session
+BASE = "fair-lora-demo"
+GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
+
+
+@pytest.fixture(scope="module")
+def app(config_app):
+    return config_app
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return openai.OpenAI(base_url=f"{app.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models_list_names_the_base_model_and_every_adapter(client):
+    ids = [m.id for m in client.models.list().data]
+    assert ids == [BASE] + [f"adapter-{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("model", ["adapter-0", "adapter-3", BASE])
+def test_completion_equals_offline_engine(client, offline_engine, model):
+    prompt = "The quick brown fox"
+    got = client.completions.create(model=model, prompt=prompt, max_tokens=12, **GREEDY)
+    adapter = None if model == BASE else model
+    want = offline(offline_engine, prompt, adapter, 12)
+    assert got.choices[0].text == want.text
+    assert got.choices[0].finish_reason == "length"
+    assert got.usage.prompt_tokens == len(want.prompt_token_ids) and got.usage.completion_tokens == 12
+
+
+def test_completion_from_token_ids_equals_offline_engine(client, offline_engine):
+    ids = offline_engine.tokenizer.encode("token ids in")
+    got = client.completions.create(model="adapter-1", prompt=ids, max_tokens=8, **GREEDY)
+    assert got.choices[0].text == offline(offline_engine, ids, "adapter-1", 8).text
+
+
+def test_chat_equals_offline_engine_on_the_chat_template(client, offline_engine):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    got = client.chat.completions.create(model="adapter-2", messages=messages, max_tokens=10, **GREEDY)
+    want = offline(offline_engine, chat_ids(offline_engine, messages), "adapter-2", 10)
+    assert got.choices[0].message.content == want.text
+    assert got.choices[0].message.role == "assistant"
+
+
+def test_streamed_completion_concatenates_to_the_offline_text(client, offline_engine):
+    stream = client.completions.create(
+        model="adapter-4", prompt="stream me", max_tokens=16, stream=True, stream_options={"include_usage": True}, **GREEDY
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == offline(offline_engine, "stream me", "adapter-4", 16).text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 16
+
+
+def test_streamed_chat_concatenates_to_the_offline_text(client, offline_engine):
+    messages = [{"role": "user", "content": "stream a chat"}]
+    stream = client.chat.completions.create(model=BASE, messages=messages, max_tokens=16, stream=True, **GREEDY)
+    text = "".join(c.choices[0].delta.content or "" for c in stream)
+    assert text == offline(offline_engine, chat_ids(offline_engine, messages), None, 16).text
+
+
+def test_generate_returns_the_offline_token_ids(app, offline_engine):
+    with app.client() as c:
+        body = c.post("/generate", json={"prompt": "plain api", "adapter": "adapter-5", "max_tokens": 10, "ignore_eos": True}).json()
+    want = offline(offline_engine, "plain api", "adapter-5", 10)
+    assert body["token_ids"] == want.token_ids and body["text"] == want.text
+
+
+def test_concurrent_requests_for_different_adapters_share_a_step(app, offline_engine):
+    adapters = [None, "adapter-0", "adapter-1", "adapter-2", "adapter-3", "adapter-4", "adapter-5", "adapter-0"]
+
+    async def run():
+        async with httpx.AsyncClient(base_url=app.url, timeout=60) as c:
+            bodies = [{"prompt": f"batch {i}", "adapter": a, "max_tokens": 24, "ignore_eos": True} for i, a in enumerate(adapters)]
+            return await asyncio.gather(*(c.post("/generate", json=b) for b in bodies))
+
+    responses = asyncio.run(run())
+    for i, (adapter, response) in enumerate(zip(adapters, responses)):
+        assert response.json()["token_ids"] == offline(offline_engine, f"batch {i}", adapter, 24).token_ids
+    workers = app.stats()["workers"]
+    assert max(w["max_batch_size"] for w in workers) > 1
+    assert max(w["max_adapters_per_step"] for w in workers) > 1
+
+
+def test_load_and_unload_reach_every_worker(app, client, offline_engine):
+    path = str(offline_engine.model_dir.parent / "adapters" / "adapter-0")
+    with app.client() as c:
+        assert c.post("/v1/load_lora_adapter", json={"lora_name": "copy-of-0", "lora_path": path}).status_code == 200
+        assert all("copy-of-0" in w["adapters"] for w in app.stats()["workers"])
+        assert "copy-of-0" in [m.id for m in client.models.list().data]
+        got = client.completions.create(model="copy-of-0", prompt="same weights", max_tokens=8, **GREEDY)
+        assert got.choices[0].text == offline(offline_engine, "same weights", "adapter-0", 8).text
+        assert c.post("/v1/unload_lora_adapter", json={"lora_name": "copy-of-0"}).status_code == 200
+        assert not any("copy-of-0" in w["adapters"] for w in app.stats()["workers"])
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="copy-of-0", prompt="gone", max_tokens=4)
+
+
+def test_client_disconnect_aborts_the_request_and_frees_its_blocks(app):
+    before = sum(w["aborted"] for w in app.stats()["workers"])
+    body = {"model": "adapter-1", "prompt": "a long one", "max_tokens": 480, "stream": True, "ignore_eos": True, "temperature": 0}
+    with app.client() as c, c.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())
+    # 480 tokens take several seconds here; an abort frees the blocks at once.
+    wait_for(
+        lambda: all(w["running"] == 0 and w["free_blocks"] == w["num_blocks"] for w in app.stats()["workers"]),
+        timeout=3, what="the disconnected request's blocks to be freed",
+    )
+    assert sum(w["aborted"] for w in app.stats()["workers"]) == before + 1
