@@ -85,10 +85,10 @@ class Ingress:
         self.feed.count(request.adapter)
         try:
             return await WorkerCall.start(self.workers, request)
-        except BaseException as error:
-            if not isinstance(error, asyncio.CancelledError):
-                self._count(path, to_http_error(error).status)
-            raise
+        except Exception as error:  # noqa: BLE001 - mapped here: Serve's own handlers would answer some as 503 text
+            http_error = to_http_error(error)
+            self._count(path, http_error.status)
+            raise http_error from None
 
     def _count(self, path: str, status: int) -> None:
         self.responses.inc(1, {"path": path, "status": str(status)})

@@ -4,6 +4,8 @@ one app per test module, the offline engine that every served output is compared
 Test modules load it as a plugin (`pytest_plugins = ["tests.serve_fixtures"]`), so that the session fixtures
 exist once however many modules use them.
 """
+import asyncio
+import json
 import os
 import socket
 import time
@@ -174,3 +176,68 @@ def worker_replica_actor(app_name: str, replica_tag: str):
         if name.startswith(f"SERVE_REPLICA::{app_name}#LoRAWorker#") and name.endswith(replica_tag):
             return ray.get_actor(name, namespace=entry["namespace"])
     raise AssertionError(f"no replica actor for {app_name}/LoRAWorker/{replica_tag}")
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict
+    body: dict
+
+
+def send_all(url: str, path: str, bodies: list[dict], concurrency: int, timeout: float = 60) -> list[Reply]:
+    """POST every body, `concurrency` at a time; replies in the bodies' order."""
+
+    async def run() -> list[Reply]:
+        gate = asyncio.Semaphore(concurrency)
+        limits = httpx.Limits(max_connections=concurrency + 8)
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+
+            async def one(body: dict) -> Reply:
+                async with gate:
+                    response = await client.post(path, json=body)
+                    try:
+                        content = response.json()
+                    except json.JSONDecodeError:  # not ours: e.g. the proxy's own plain-text error
+                        content = {"text": response.text}
+                    return Reply(response.status_code, dict(response.headers), content)
+
+            return await asyncio.gather(*(one(b) for b in bodies))
+
+    return asyncio.run(run())
+
+
+@dataclass
+class StreamResult:
+    status: int
+    text: str = ""
+    finish_reason: str | None = None
+    done: bool = False  # saw "data: [DONE]"
+    error: dict | None = None  # an error event in the stream, or the error body of a non-200 answer
+
+
+async def stream_completion(client: httpx.AsyncClient, body: dict, started: asyncio.Event | None = None) -> StreamResult:
+    """Read one SSE completion stream to its end, whatever that end is."""
+    async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as response:
+        if response.status_code != 200:
+            return StreamResult(response.status_code, error=json.loads(await response.aread())["error"])
+        result = StreamResult(200)
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if started is not None:
+                    started.set()
+                data = line[len("data: ") :]
+                if data == "[DONE]":
+                    result.done = True
+                    continue
+                event = json.loads(data)
+                if "error" in event:
+                    result.error = event["error"]
+                    continue
+                result.text += event["choices"][0]["text"]
+                result.finish_reason = event["choices"][0]["finish_reason"] or result.finish_reason
+        except httpx.HTTPError as error:  # the connection itself broke: that is not silent either
+            result.error = {"message": repr(error), "code": None}
+        return result
