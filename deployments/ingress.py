@@ -82,13 +82,14 @@ class Ingress:
         return None if model in (None, self.base_model) else model
 
     async def _start(self, request: GenerateRequest, path: str) -> WorkerCall:
-        self.feed.count(request.adapter)
         try:
-            return await WorkerCall.start(self.workers, request)
+            call = await WorkerCall.start(self.workers, request)
         except Exception as error:  # noqa: BLE001 - mapped here: Serve's own handlers would answer some as 503 text
             http_error = to_http_error(error)
             self._count(path, http_error.status)
             raise http_error from None
+        self.feed.count(request.adapter)  # admitted requests only: a typo'd adapter name must never turn hot
+        return call
 
     def _count(self, path: str, status: int) -> None:
         self.responses.inc(1, {"path": path, "status": str(status)})

@@ -36,6 +36,8 @@ class LoRAWorker:
         self.max_adapters_per_step = 0  # distinct adapters (base counts as one) that got a token in one step
         self.switch_history: list[dict] = []
         self.runtime_adapters: dict[str, str] = {}  # loaded over HTTP (or caught up from the actor)
+        # Written by the engine thread after each step and switch; read by routing without waiting for a step.
+        self.routing_state: dict = {"hot_adapter": None, "queue": 0, "rank": self.rank}
         self._failed_catch_up: set[tuple[str, str]] = set()
         self.loop = EngineLoop(self.engine, self._after_step)
         self.link = PopularityLink(context.app_name, args.popularity.config(), args.routing.actor_timeout_s)
@@ -88,7 +90,9 @@ class LoRAWorker:
     def _after_step(self, outputs: list[RequestOutput]) -> None:
         """Runs on the engine thread after every step."""
         stats = self.engine.last_step
-        self.metrics.step(stats, len(self.engine.scheduler.waiting), len(self.engine.scheduler.running))
+        waiting, running = len(self.engine.scheduler.waiting), len(self.engine.scheduler.running)
+        self.metrics.step(stats, waiting, running)
+        self.routing_state = {"hot_adapter": self.engine.hot_adapter, "queue": waiting + running, "rank": self.rank}
         self.max_batch_size = max(self.max_batch_size, stats.num_seqs)
         self.max_adapters_per_step = max(self.max_adapters_per_step, len({o.adapter for o in outputs}))
         for output in outputs:
@@ -124,6 +128,7 @@ class LoRAWorker:
         """Runs on the engine thread, between steps."""
         old = self.engine.hot_adapter
         seconds = self.engine.set_hot_adapter(target)
+        self.routing_state = {**self.routing_state, "hot_adapter": target}
         self.metrics.switch(old, target, seconds)
         self.switch_history.append({"from": old, "to": target, "seconds": seconds, "at": time.time()})
 
@@ -136,12 +141,12 @@ class LoRAWorker:
                 logger.exception("worker %d: syncing with the popularity actor failed", self.rank)
 
     async def _sync(self) -> None:
-        state = await self.loop.call(self.engine.stats)
+        state = self.routing_state
         report = WorkerReport(
             rank=self.rank,
             world_size=self.world_size,
             hot_adapter=state["hot_adapter"],
-            queue=state["waiting"] + state["running"],
+            queue=state["queue"],
             runtime_adapters=dict(self.runtime_adapters),
         )
         assignment: Assignment | None = await self.link.call("sync_worker", report)
@@ -175,8 +180,7 @@ class LoRAWorker:
     # ---- what routing, /stats and /v1/models read ---------------------------------------------------------
 
     async def record_routing_stats(self) -> dict:
-        state = await self.loop.call(self.engine.stats)
-        return {"hot_adapter": state["hot_adapter"], "queue": state["waiting"] + state["running"], "rank": self.rank}
+        return dict(self.routing_state)
 
     async def describe(self) -> dict:
         state = await self.loop.call(self.engine.stats)

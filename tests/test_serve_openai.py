@@ -2,12 +2,13 @@
 outputs equal the offline engine's (greedy), concurrent requests for different adapters share engine steps,
 adapters load and unload on every worker, and a client that goes away frees its KV blocks."""
 import asyncio
+import re
 
 import httpx
 import openai
 import pytest
 
-from tests.serve_fixtures import chat_ids, offline, wait_for
+from tests.serve_fixtures import chat_ids, offline, send_all, wait_for
 
 pytestmark = pytest.mark.ray
 pytest_plugins = ["tests.serve_fixtures"]  # one Ray cluster and one config app for the session
@@ -94,6 +95,26 @@ def test_concurrent_requests_for_different_adapters_share_a_step(app, offline_en
     workers = app.stats()["workers"]
     assert max(w["max_batch_size"] for w in workers) > 1
     assert max(w["max_adapters_per_step"] for w in workers) > 1
+
+
+METRICS = [
+    "fair_lora_requests", "fair_lora_prompt_tokens", "fair_lora_generation_tokens", "fair_lora_ttft_seconds",
+    "fair_lora_request_latency_seconds", "fair_lora_hot_adapter", "fair_lora_batched_tokens",
+    "fair_lora_correction_token_share", "fair_lora_batch_size", "fair_lora_queue_waiting", "fair_lora_queue_running",
+    "fair_lora_http_responses",
+]
+
+
+def test_metrics_are_exported_by_adapter_and_worker(app, ray_cluster):
+    def exported() -> set[str]:
+        text = ray_cluster.metrics()
+        return {name for name in METRICS if re.search(rf'^ray_{name}(_total|_bucket|_sum|_count)?{{[^}}]*application="{app.name}"', text, re.M)}
+
+    bodies = [{"model": "adapter-0", "prompt": "metered", "max_tokens": 4} for _ in range(4)]
+    assert all(r.status == 200 for r in send_all(app.url, "/v1/completions", bodies, concurrency=4))
+    wait_for(lambda: exported() == set(METRICS), timeout=30, what=f"metrics {METRICS}")
+    text = ray_cluster.metrics()
+    assert re.search(rf'ray_fair_lora_generation_tokens(_total)?{{[^}}]*adapter="adapter-0"[^}}]*worker="[01]"', text)
 
 
 def test_load_and_unload_reach_every_worker(app, client, offline_engine):

@@ -1,0 +1,54 @@
+"""serve_config.yaml and the configs/ presets validate, and bad app args are refused with every wrong field named."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments import AppArgsError, build_app
+from deployments.app_builder import parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = [REPO / "serve_config.yaml", *sorted((REPO / "configs").glob("*.yaml"))]
+
+
+def app_of(path: Path) -> tuple[dict, dict]:
+    config = yaml.safe_load(path.read_text())
+    (app,) = config["applications"]
+    return config, app
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_builds_the_app_on_localhost(path):
+    config, app = app_of(path)
+    assert app["import_path"] == "deployments:build_app"
+    assert config["http_options"]["host"] == "127.0.0.1"
+    build_app(app["args"])
+
+
+def test_serve_config_is_the_cpu_demo_with_two_fractional_workers_on_port_8000():
+    config, app = app_of(REPO / "serve_config.yaml")
+    assert app["args"] == app_of(REPO / "configs" / "cpu_demo.yaml")[1]["args"]
+    args = parse_args(app["args"])
+    assert config["http_options"]["port"] == 8000
+    assert args.model is None and args.device == "cpu"
+    assert args.workers.num_replicas == 2 and 0 < args.workers.num_cpus < 1 and 0 < args.ingress.num_cpus < 1
+
+
+def test_gpu_preset_gives_each_worker_one_gpu_and_real_directories():
+    args = parse_args(app_of(REPO / "configs" / "gpu_llama2_7b.yaml")[1]["args"])
+    assert args.device == "cuda" and args.workers.num_gpus == 1 and args.workers.num_replicas > 1
+    assert args.model and args.adapters and args.adapter_roots
+
+
+def test_bad_args_name_every_wrong_field():
+    bad = {"max_num_seqs": 0, "popularity": {"enter_share": 0.2, "exit_share": 0.3}, "workers": {"num_cpus": -1}, "typo": 1}
+    with pytest.raises(AppArgsError) as caught:
+        parse_args(bad)
+    message = str(caught.value)
+    for field in ("max_num_seqs", "popularity", "workers.num_cpus", "typo"):
+        assert field in message, message
+
+
+def test_cuda_without_gpus_is_refused():
+    with pytest.raises(AppArgsError, match="num_gpus"):
+        parse_args({"model": "/m", "device": "cuda"})
