@@ -38,6 +38,7 @@ from deployments.worker_fleet import WorkerFleet
 from deployments.worker_protocol import GenerateRequest
 
 ADMIN_TIMEOUT_S = 60.0  # adapter loads read weights from disk on every worker
+STATS_ACTOR_WAIT_S = 2.0  # /stats answers without the popularity part rather than wait for a restarting actor
 # serve.ingress copies the class when it is decorated: module globals it uses must be defined above it.
 
 def _generate_body(request: GenerateRequest, result: Result) -> dict:
@@ -91,6 +92,18 @@ class Ingress:
         self.feed.count(request.adapter)  # admitted requests only: a typo'd adapter name must never turn hot
         return call
 
+    async def _collect(self, call: WorkerCall, path: str) -> Result:
+        try:
+            result = await call.collect()
+        except Exception as error:  # noqa: BLE001 - e.g. the worker died mid-request: 503, not Serve's plain text
+            http_error = to_http_error(error)
+            self._count(path, http_error.status)
+            raise http_error from None
+        finally:
+            call.close()
+        self._count(path, 200)
+        return result
+
     def _count(self, path: str, status: int) -> None:
         self.responses.inc(1, {"path": path, "status": str(status)})
 
@@ -111,11 +124,7 @@ class Ingress:
         if body.stream:
             stream = self._sse(call, form, TextStream(request.sampling["stop"]), want_logprobs, body.include_usage)
             return StreamingResponse(stream, media_type="text/event-stream", headers=call.headers)
-        try:
-            result = await call.collect()
-        finally:
-            call.close()
-        self._count(form.path, 200)
+        result = await self._collect(call, form.path)
         return JSONResponse(form.response(result, want_logprobs), headers=call.headers)
 
     async def _sse(
@@ -148,11 +157,7 @@ class Ingress:
         call = await self._start(request, "/generate")
         if body.stream:
             return StreamingResponse(self._ndjson(call, request), media_type="application/x-ndjson", headers=call.headers)
-        try:
-            result = await call.collect()
-        finally:
-            call.close()
-        self._count("/generate", 200)
+        result = await self._collect(call, "/generate")
         return JSONResponse(_generate_body(request, result), headers=call.headers)
 
     async def _ndjson(self, call: WorkerCall, request: GenerateRequest) -> AsyncIterator[str]:
@@ -178,8 +183,10 @@ class Ingress:
             raise HTTPError(503, "no worker answered; retry")
         adapters = sorted(set().union(*(w["adapters"] for w in workers)))
         created = int(time.time())
-        base = {"id": self.base_model, "object": "model", "created": created, "owned_by": "fair_lora", "root": self.base_model,
-                "parent": None, "max_model_len": workers[0]["max_model_len"]}
+        base = {
+            "id": self.base_model, "object": "model", "created": created, "owned_by": "fair_lora",
+            "root": self.base_model, "parent": None, "max_model_len": workers[0]["max_model_len"],
+        }
         cards = [base] + [{**base, "id": a, "root": a, "parent": self.base_model} for a in adapters]
         return {"object": "list", "data": cards}
 
@@ -203,7 +210,7 @@ class Ingress:
 
     @app.get("/stats")
     async def stats(self):
-        popularity = await self.link.call("snapshot")
+        popularity = await self.link.call("snapshot", wait_s=STATS_ACTOR_WAIT_S)
         return {
             "base_model": self.base_model,
             "popularity_actor": "ok" if popularity is not None else "unavailable",

@@ -60,9 +60,9 @@ class LoRAWorker:
         except FairLoRAError as error:
             yield Rejected(error)
             return
-        yield admitted
         finished = False
         try:
+            yield admitted
             while not finished:
                 delta = _merge(await _drain(outputs), self.engine.tokenizer)
                 finished = delta.finished
@@ -95,8 +95,7 @@ class LoRAWorker:
         self.routing_state = {"hot_adapter": self.engine.hot_adapter, "queue": waiting + running, "rank": self.rank}
         self.max_batch_size = max(self.max_batch_size, stats.num_seqs)
         self.max_adapters_per_step = max(self.max_adapters_per_step, len({o.adapter for o in outputs}))
-        for output in outputs:
-            self.metrics.output(output)
+        self.metrics.outputs(outputs)
 
     # ---- adapters -----------------------------------------------------------------------------------
 

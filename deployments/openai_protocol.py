@@ -68,7 +68,8 @@ class CompletionRequest(_Sampling):
         prompt = self.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
             if len(prompt) != 1:
-                raise HTTPError(400, "prompt: one prompt per request is supported; send a list as separate requests", "prompt")
+                message = "prompt: one prompt per request is supported; send a list as separate requests"
+                raise HTTPError(400, message, "prompt")
             prompt = prompt[0]
         return GenerateRequest(
             request_id, adapter, prompt=prompt, max_tokens=self.max_tokens,

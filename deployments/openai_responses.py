@@ -53,8 +53,8 @@ class OpenAIFormat:
         if not want:
             return None
         if self.chat:
-            content = [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []} for t, lp in zip(tokens, logprobs)]
-            return {"content": content}
+            pairs = zip(tokens, logprobs)
+            return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []} for t, lp in pairs]}
         return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": None}
 
     def response(self, result: Result, want_logprobs: bool) -> dict:

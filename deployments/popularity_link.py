@@ -25,15 +25,17 @@ class PopularityLink:
         self._configured = False
         self.available = True
 
-    async def call(self, method: str, *args: Any) -> Any | None:
-        """The actor method's result, or None if the actor cannot answer within the timeout."""
+    async def call(self, method: str, *args: Any, wait_s: float | None = None) -> Any | None:
+        """The actor method's result, or None if the actor cannot answer in time.
+
+        `wait_s` bounds the whole call, creating the actor included; without it a new actor gets
+        CREATE_TIMEOUT_S to start (background loops can wait), and every other call `timeout_s`."""
         try:
             actor = self._get_actor()
             if not self._configured:
-                # A new actor's process takes seconds to start; later calls get the short timeout.
-                await asyncio.wait_for(actor.configure.remote(self.config), CREATE_TIMEOUT_S)
+                await asyncio.wait_for(actor.configure.remote(self.config), wait_s or CREATE_TIMEOUT_S)
                 self._configured = True
-            result = await asyncio.wait_for(getattr(actor, method).remote(*args), self.timeout_s)
+            result = await asyncio.wait_for(getattr(actor, method).remote(*args), wait_s or self.timeout_s)
         except Exception as error:  # noqa: BLE001 - the actor is optional for every request; never let it fail one
             self._lost(error)
             return None

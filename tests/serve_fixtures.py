@@ -95,8 +95,8 @@ def deploy(cluster: Cluster, name: str, args: dict) -> App:
     from deployments import build_app
 
     args = {**args, "demo_dir": cluster.demo_dir}
-    serve.run(build_app(args), name=name, route_prefix="/", blocking=False)
-    app = App(name, cluster.url, args)
+    serve.run(build_app(args), name=name, route_prefix=f"/{name}", blocking=False)
+    app = App(name, f"{cluster.url}/{name}", args)
     wait_for(lambda: _ready(app), timeout=120, what=f"app {name} to answer with every worker synced")
     return app
 

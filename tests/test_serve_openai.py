@@ -76,7 +76,8 @@ def test_streamed_chat_concatenates_to_the_offline_text(client, offline_engine):
 
 def test_generate_returns_the_offline_token_ids(app, offline_engine):
     with app.client() as c:
-        body = c.post("/generate", json={"prompt": "plain api", "adapter": "adapter-5", "max_tokens": 10, "ignore_eos": True}).json()
+        request = {"prompt": "plain api", "adapter": "adapter-5", "max_tokens": 10, "ignore_eos": True}
+        body = c.post("/generate", json=request).json()
     want = offline(offline_engine, "plain api", "adapter-5", 10)
     assert body["token_ids"] == want.token_ids and body["text"] == want.text
 
@@ -86,7 +87,9 @@ def test_concurrent_requests_for_different_adapters_share_a_step(app, offline_en
 
     async def run():
         async with httpx.AsyncClient(base_url=app.url, timeout=60) as c:
-            bodies = [{"prompt": f"batch {i}", "adapter": a, "max_tokens": 24, "ignore_eos": True} for i, a in enumerate(adapters)]
+            bodies = [
+                {"prompt": f"batch {i}", "adapter": a, "max_tokens": 24, "ignore_eos": True} for i, a in enumerate(adapters)
+            ]
             return await asyncio.gather(*(c.post("/generate", json=b) for b in bodies))
 
     responses = asyncio.run(run())
@@ -108,7 +111,8 @@ METRICS = [
 def test_metrics_are_exported_by_adapter_and_worker(app, ray_cluster):
     def exported() -> set[str]:
         text = ray_cluster.metrics()
-        return {name for name in METRICS if re.search(rf'^ray_{name}(_total|_bucket|_sum|_count)?{{[^}}]*application="{app.name}"', text, re.M)}
+        pattern = r'^ray_{}(_total|_bucket|_sum|_count)?{{[^}}]*application="{}"'
+        return {name for name in METRICS if re.search(pattern.format(name, app.name), text, re.M)}
 
     bodies = [{"model": "adapter-0", "prompt": "metered", "max_tokens": 4} for _ in range(4)]
     assert all(r.status == 200 for r in send_all(app.url, "/v1/completions", bodies, concurrency=4))
@@ -133,7 +137,7 @@ def test_load_and_unload_reach_every_worker(app, client, offline_engine):
 
 def test_client_disconnect_aborts_the_request_and_frees_its_blocks(app):
     before = sum(w["aborted"] for w in app.stats()["workers"])
-    body = {"model": "adapter-1", "prompt": "a long one", "max_tokens": 480, "stream": True, "ignore_eos": True, "temperature": 0}
+    body = {"model": "adapter-1", "prompt": "a long one", "max_tokens": 480, "stream": True, "ignore_eos": True}
     with app.client() as c, c.stream("POST", "/v1/completions", json=body) as response:
         assert response.status_code == 200
         next(response.iter_lines())

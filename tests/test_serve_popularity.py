@@ -16,7 +16,9 @@ COLD = ["adapter-0", "adapter-1", "adapter-3", None]
 PROMPTS = ["skew one", "skew two", "skew three"]
 MAX_TOKENS = 4
 # 85% of the traffic fills 1.7 of 2 workers: one seat (worth 1.7) passes enter_share, the second (0.7) does not.
-POPULARITY = {"window_s": 120, "window_requests": 40, "enter_share": 0.75, "exit_share": 0.4, "min_dwell_s": 2.0, "min_requests": 10}
+POPULARITY = {
+    "window_s": 120, "window_requests": 40, "enter_share": 0.75, "exit_share": 0.4, "min_dwell_s": 2.0, "min_requests": 10,
+}
 ROUTING = {"stats_period_s": 0.2, "flush_s": 0.05, "assignment_poll_s": 0.1}
 
 
