@@ -1,6 +1,7 @@
 """One thread owns the engine (it is not thread-safe): it runs queued commands between steps and steps while
 any request is unfinished, handing each request's outputs to the asyncio queue of the coroutine that asked."""
 import asyncio
+import logging
 import queue
 import threading
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from typing import Any, Callable
 
 from fair_lora import LLMEngine, RequestOutput
 
+logger = logging.getLogger("ray.serve")
 IDLE_WAIT_S = 0.5  # how long an idle loop sleeps on the command queue before checking for shutdown
 STALL_WAIT_S = 0.002  # a step that scheduled nothing (every request waits for memory) retries after this
 
@@ -84,11 +86,17 @@ class EngineLoop:
                 self._run_commands(self._wait_s())
                 if self.engine.has_unfinished():
                     outputs = self.engine.step()
-                    self._after_step(outputs)
                     self._publish(outputs)
+                    self._observe(outputs)
         except BaseException as error:  # the engine's state is unknown now: fail everything, report unhealthy
             self.error = error
             self._fail_all(error)
+
+    def _observe(self, outputs: list[RequestOutput]) -> None:
+        try:
+            self._after_step(outputs)
+        except Exception:  # noqa: BLE001 - metrics and stats must never stop the engine
+            logger.exception("the after-step hook failed; serving goes on")
 
     def _wait_s(self) -> float:
         if not self.engine.has_unfinished():
@@ -118,7 +126,7 @@ class EngineLoop:
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
         for output in outputs:
-            stream = self._streams.pop(output.request_id) if output.finished else self._streams.get(output.request_id)
+            stream = (self._streams.pop if output.finished else self._streams.get)(output.request_id, None)
             if stream is not None:
                 _call_soon(stream[0], stream[1].put_nowait, output)
 
