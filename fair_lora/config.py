@@ -27,6 +27,7 @@ class EngineConfig:
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: sized from max_num_seqs and max_model_len
     scheduling_policy: str = "fcfs"
+    cuda_graphs: bool = True  # on CUDA, replay decode steps from captured graphs (batch sizes up to 256)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     auto_hot: bool = True  # fair mode: the engine's own window picks the hot adapter; False: set_hot_adapter only
     demo_dir: str | None = None  # where the demo assets are created; None: ~/.cache/fair_lora/demo

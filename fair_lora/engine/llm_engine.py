@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from fair_lora.config import EngineConfig
 from fair_lora.engine.block_manager import BlockManager
+from fair_lora.engine.decode_graphs import DecodeGraphs
 from fair_lora.engine.model_runner import ModelRunner
 from fair_lora.engine.output_processor import OutputProcessor
 from fair_lora.engine.policy import make_policy
@@ -49,7 +50,13 @@ class LLMEngine:
         self.scheduler = Scheduler(
             self.blocks, make_policy(config.scheduling_policy), self.pool, config.max_num_seqs, config.max_num_batched_tokens
         )
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, config.torch_dtype, config.device)
+        graphs = None
+        if config.cuda_graphs and torch.device(config.device).type == "cuda":
+            graphs = DecodeGraphs(
+                self.model, min(config.max_num_seqs, 256), self.blocks.blocks_for(self.max_model_len),
+                scratch_slot=num_blocks * config.block_size, num_slots=config.max_adapter_slots, device=config.device,
+            )
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, config.torch_dtype, config.device, graphs)
         self.window = PopularityWindow(config.popularity)
         self.hot_policy = HotAdapterPolicy(config.popularity)
         self.sequences: dict[str, Sequence] = {}

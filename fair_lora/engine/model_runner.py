@@ -2,6 +2,7 @@
 correction metadata, then runs the model and returns the logits of the sequences that sample."""
 import torch
 
+from fair_lora.engine.decode_graphs import DecodeGraphs
 from fair_lora.engine.scheduler import ScheduledSeq
 from fair_lora.kernels.attention_metadata import AttentionMetadata
 from fair_lora.kernels.lora_batch import build_lora_batch
@@ -10,10 +11,15 @@ from fair_lora.models.llama import LlamaForCausalLM
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, dtype: torch.dtype, device) -> None:
+    def __init__(
+        self, model: LlamaForCausalLM, num_blocks: int, block_size: int, dtype: torch.dtype, device,
+        graphs: DecodeGraphs | None = None,
+    ) -> None:
         self.model, self.block_size, self.device = model, block_size, torch.device(device)
+        self.graphs = graphs
         args = model.args
-        shape = (num_blocks, block_size, args.num_kv_heads, args.head_dim)
+        # One block more than the block manager hands out: CUDA-graph padding rows write their k/v there.
+        shape = (num_blocks + 1, block_size, args.num_kv_heads, args.head_dim)
         for layer in model.model.layers:
             layer.self_attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             layer.self_attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
@@ -23,6 +29,9 @@ class ModelRunner:
     ) -> torch.Tensor:
         """adapter_slots: each scheduled sequence's pool slot (-1: base model). Returns logits [B_sample, V]."""
         input_ids, positions, batch = self.prepare(scheduled, adapter_slots, slot_scales, hot_slot)
+        n = len(input_ids)
+        if self.graphs and batch.attn.decode_only and len(batch.logits_rows) == n and self.graphs.supports(n):
+            return self.graphs.run(input_ids, positions, batch)
         return self.model(input_ids, positions, batch)
 
     def prepare(
