@@ -62,6 +62,7 @@ def ray_cluster(tmp_path_factory):
     ray.init(
         num_cpus=2,
         include_dashboard=False,
+        log_to_driver=False,  # replica logs stay in Ray's session log directory, out of pytest's output
         _metrics_export_port=cluster.metrics_port,
         _system_config={"metrics_report_interval_ms": 1000},
     )
