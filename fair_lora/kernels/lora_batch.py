@@ -52,11 +52,9 @@ def build_lora_batch(
     rows = torch.arange(len(token_slots))
     own = (token_slots >= 0) if hot_slot is None else (token_slots >= 0) & (token_slots != hot_slot)
     parts_idx, parts_slot, parts_scale = [rows[own]], [token_slots[own]], [slot_scales[token_slots[own]]]
-    num_base = 0
+    num_base = int((token_slots < 0).sum())
     if hot_slot is not None:
-        base, cold = token_slots < 0, own
-        num_base = int(base.sum())
-        minus_hot = torch.cat([rows[base], rows[cold]])  # base-model tokens first: the expand's own tiles
+        minus_hot = torch.cat([rows[token_slots < 0], rows[own]])  # base-model tokens first: the expand's tiles
         parts_idx.append(minus_hot)
         parts_slot.append(torch.full((len(minus_hot),), hot_slot, dtype=torch.int64))
         parts_scale.append(torch.full((len(minus_hot),), -float(slot_scales[hot_slot])))
@@ -66,12 +64,10 @@ def build_lora_batch(
     seg_slot, counts = torch.unique_consecutive(slot, return_counts=True)
     seg_start = torch.zeros(len(counts) + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=seg_start[1:])
-    pair = _hot_pairs(idx, slot, len(token_slots), hot_slot)
-    tile_entries = 16 if len(token_slots) <= 512 else 32
+    tile_entries = 16 if len(token_slots) <= 512 else 32  # decode segments are short; prefill's reuse more A/B
     expand_ends = seg_start[1:].clone()  # the expand owns the non-hot segments and the hot one's base prefix
     if hot_slot is not None:
-        is_hot = seg_slot == hot_slot
-        expand_ends[is_hot] = seg_start[:-1][is_hot] + num_base
+        expand_ends[seg_slot == hot_slot] = seg_start[:-1][seg_slot == hot_slot] + num_base
     return LoRABatch(
         num_tokens=len(token_slots),
         token_idx=idx.to(device),
@@ -83,7 +79,7 @@ def build_lora_batch(
         seg_slot_host=tuple(seg_slot.tolist()),
         max_seg_len=int(counts.max()) if len(counts) else 0,
         hot_slot=hot_slot,
-        pair=pair.to(device=device, dtype=torch.int32),
+        pair=_hot_pairs(idx, slot, len(token_slots), hot_slot).to(device=device, dtype=torch.int32),
         tile_entries=tile_entries,
         shrink_tiles=_tiles(seg_start[:-1], seg_start[1:], seg_slot, tile_entries).to(device),
         expand_tiles=_tiles(seg_start[:-1], expand_ends, seg_slot, tile_entries).to(device),

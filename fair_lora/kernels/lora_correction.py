@@ -1,4 +1,10 @@
-"""The public correction op that layers call; it picks Triton on CUDA and the torch reference elsewhere."""
+"""The public correction op that layers call; it picks Triton on CUDA and the torch reference elsewhere.
+
+FAIR_LORA_TRITON=1 forces the Triton kernels for CPU tensors too (with TRITON_INTERPRET=1), which is how the
+CPU tests exercise this dispatch.
+"""
+import os
+
 import torch
 
 from fair_lora.kernels.lora_batch import LoRABatch
@@ -11,9 +17,17 @@ def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: L
     """y[t_e] += c_e · (x[t_e] · A[s_e, :r]ᵀ) · B[s_e, :, :r]ᵀ for every entry e of `batch`.
 
     y: [T, H_out] (updated in place); x: [T, H_in]; slots: the projection's pooled adapters
-    (A: [S, R, H_in], B: [S, H_out, R], per-slot rank, 0 where the projection is not targeted).
+    (A: [S, R, H_in], Bᵀ: [S, R, H_out], per-slot rank, 0 where the projection is not targeted).
     Tokens of the merged hot adapter have no entries, so they cost nothing here."""
     if batch.empty:
+        return
+    if x.is_cuda or os.environ.get("FAIR_LORA_TRITON") == "1":
+        # Imported on first use: triton.jit reads TRITON_INTERPRET when the kernel module is imported, and a
+        # CPU-only process never needs Triton at all.
+        from fair_lora.kernels.lora_expand import lora_expand
+        from fair_lora.kernels.lora_shrink import lora_shrink
+
+        lora_expand(y, lora_shrink(x, slots, batch), slots, batch)
         return
     v = lora_shrink_ref(x, slots, batch)
     lora_expand_ref(y, v, slots, batch)

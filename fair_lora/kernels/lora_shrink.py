@@ -1,11 +1,16 @@
 """Triton shrink: v[e, :r_s] = x[t_e] · A[s_e, :r_s]ᵀ for every entry e, float32 accumulate (SGMV-style).
 
-Grid (rank block, tile): a tile is a run of at most `batch.tile_entries` entries of one slot, so a program
-reads one adapter's A block once for all its entries while it gathers their rows of x. The rank block is the
-fastest grid axis, so the programs of one tile run side by side and re-read its x rows from L2, not HBM.
+Grid (rank block x K split, tile): a tile is a run of at most `batch.tile_entries` entries of one slot, so a
+program reads its slice of one adapter's A once for all its entries while it gathers their rows of x. The
+rank block is the fastest grid axis, so the programs of one tile run side by side and share its x rows in L2.
 A slot's rank is read on the device (`slots.ranks`), so the launch needs no host sync: rank blocks past it
-only write zeros, and rank-0 slots (projection not targeted) cost a store of zeros and nothing else.
-The grid depends on the batch only through the host-side tile count.
+load nothing and only write zeros, and rank-0 slots (projection not targeted) cost just that.
+
+A tile is at most 16-32 rows by 16 rank columns, so one program's dot over all of H_in is a long serial chain
+on one SM; in decode (~100 tiles) that leaves the H100/H200 mostly idle and the kernel latency-bound. When
+the grid is small the wrapper splits H_in over programs (split-K) that add their partial sums into a zeroed
+v with float32 atomics. Their order is free, so v may differ in the last bit between runs then; with one
+split (grids already large enough) the result is deterministic.
 """
 import torch
 import triton
@@ -16,15 +21,18 @@ from fair_lora.kernels.lora_slots import LoRASlots
 
 BLOCK_R = 16  # the smallest tl.dot width; mixed ranks pad at most one such block of work
 BLOCK_K = 128
+BUSY_GRID = 512  # programs enough to keep an H100/H200 busy; split H_in until the grid has about this many
 
 
 @triton.jit
 def _kernel(
     x_ptr, a_ptr, v_ptr, token_idx_ptr, tiles_ptr, ranks_ptr,
-    h_in, max_rank, stride_x, stride_a_slot, stride_a_rank, stride_v,
-    BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    h_in, max_rank, split_k, k_per_split, stride_x, stride_a_slot, stride_a_rank, stride_v,
+    BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    r_block, tile = tl.program_id(0), tl.program_id(1)
+    pid, tile = tl.program_id(0), tl.program_id(1)
+    r_block, split = pid // split_k, pid % split_k
     first = tl.load(tiles_ptr + tile * 3)
     end = tl.load(tiles_ptr + tile * 3 + 1)
     slot = tl.load(tiles_ptr + tile * 3 + 2).to(tl.int64)
@@ -32,19 +40,25 @@ def _kernel(
     e = first + tl.arange(0, BLOCK_E)
     e_ok = e < end
     r = r_block * BLOCK_R + tl.arange(0, BLOCK_R)
-    acc = tl.zeros((BLOCK_E, BLOCK_R), dtype=tl.float32)
-    if r_block * BLOCK_R < rank:
-        t = tl.load(token_idx_ptr + e, mask=e_ok, other=0)
-        r_ok = r < rank
-        x_rows = x_ptr + t[:, None] * stride_x
-        a_rows = a_ptr + slot * stride_a_slot + r[:, None] * stride_a_rank
-        for k0 in range(0, h_in, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = k < h_in
-            xs = tl.load(x_rows + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-            a = tl.load(a_rows + k[None, :], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
-            acc += tl.dot(xs, tl.trans(a), input_precision=PRECISION)
-    tl.store(v_ptr + e[:, None] * stride_v + r[None, :], acc, mask=e_ok[:, None] & (r[None, :] < max_rank))
+    t = tl.load(token_idx_ptr + e, mask=e_ok, other=0)
+    r_ok = r < rank
+    x_rows = x_ptr + t[:, None] * stride_x
+    a_rows = a_ptr + slot * stride_a_slot + r[:, None] * stride_a_rank
+    acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)  # not tl.zeros: see _precision
+    k_first = split * k_per_split
+    k_end = tl.where(r_block * BLOCK_R < rank, tl.minimum(k_first + k_per_split, h_in), k_first)
+    for k0 in range(k_first, k_end, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < h_in
+        xs = tl.load(x_rows + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
+        a = tl.load(a_rows + k[None, :], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += tl.dot(xs.to(tl.float32), tl.trans(a.to(tl.float32)), input_precision=PRECISION)
+    v_block = v_ptr + e[:, None] * stride_v + r[None, :]
+    mask = e_ok[:, None] & (r[None, :] < max_rank)
+    if ATOMIC:
+        tl.atomic_add(v_block, acc, mask=mask, sem="relaxed")
+    else:
+        tl.store(v_block, acc, mask=mask)
 
 
 def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Tensor:
@@ -56,16 +70,25 @@ def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Te
     assert x.dtype == slots.a.dtype, f"x is {x.dtype} but A is {slots.a.dtype}"
     assert slots.ranks.dtype == torch.int32 and slots.ranks.shape == (num_slots,)
     assert batch.token_idx.device == x.device == slots.a.device == batch.shrink_tiles.device
-    v = torch.empty(batch.num_entries, max_rank, dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(max_rank, BLOCK_R), batch.shrink_tiles.shape[0])
-    _kernel[grid](
+    r_blocks, k_blocks = triton.cdiv(max_rank, BLOCK_R), triton.cdiv(h_in, BLOCK_K)
+    num_tiles = batch.shrink_tiles.shape[0]
+    split_k = max(1, min(k_blocks, BUSY_GRID // max(1, r_blocks * num_tiles)))
+    v = (torch.zeros if split_k > 1 else torch.empty)(batch.num_entries, max_rank, dtype=torch.float32, device=x.device)
+    if batch.empty:
+        return v
+    _kernel[(r_blocks * split_k, num_tiles)](
         x, slots.a, v, batch.token_idx, batch.shrink_tiles, slots.ranks,
-        h_in, max_rank, x.stride(0), slots.a.stride(0), slots.a.stride(1), v.stride(0),
-        BLOCK_E=batch.tile_entries, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, PRECISION=_precision(x.dtype),
+        h_in, max_rank, split_k, triton.cdiv(k_blocks, split_k) * BLOCK_K,
+        x.stride(0), slots.a.stride(0), slots.a.stride(1), v.stride(0),
+        BLOCK_E=batch.tile_entries, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, ATOMIC=split_k > 1,
+        PRECISION=_precision(x.dtype),
     )
     return v
 
 
 def _precision(dtype: torch.dtype) -> str:
-    """float32 models are the fidelity reference: keep their products exact rather than tf32."""
+    """The kernels upcast dot operands to float32: tf32 holds bf16/fp16 values exactly, so 16-bit models lose
+    nothing, and float32 models, the fidelity reference, get exact products. It also keeps them right in
+    Triton's CPU interpreter, which multiplies bf16 operands as raw integers; so does using no @jit helpers
+    of triton.language (tl.zeros), which break there when triton was imported before TRITON_INTERPRET was set."""
     return "ieee" if dtype == torch.float32 else "tf32"

@@ -1,0 +1,252 @@
+"""The correction op's batch metadata, and its Triton shrink/expand against the float32 torch references.
+
+Without CUDA the kernels run in Triton's CPU interpreter; triton.jit reads TRITON_INTERPRET when a kernel
+module is imported, so it is set here, before those imports.
+"""
+import os
+import zlib
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from fair_lora.kernels import lora_expand as lora_expand_module  # noqa: E402
+from fair_lora.kernels import lora_shrink as lora_shrink_module  # noqa: E402
+from fair_lora.kernels.lora_batch import LoRABatch, build_lora_batch  # noqa: E402
+from fair_lora.kernels.lora_correction import lora_correction  # noqa: E402
+from fair_lora.kernels.lora_expand import lora_expand  # noqa: E402
+from fair_lora.kernels.lora_expand_ref import lora_expand_ref  # noqa: E402
+from fair_lora.kernels.lora_shrink import lora_shrink  # noqa: E402
+from fair_lora.kernels.lora_shrink_ref import lora_shrink_ref  # noqa: E402
+from fair_lora.kernels.lora_slots import LoRASlots  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+RANK_CYCLE = (16, 4, 8, 64, 0)  # slot s has rank RANK_CYCLE[s % 5]: mixed ranks and an untargeted slot
+MAX_RANK = 64
+HOT = 0
+PATTERNS = ["identical", "distinct", "uniform", "zipf:1.5", "all-hot", "no-hot", "base-mixed", "hot-untargeted"]
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}
+DRAWN_SLOTS = 12  # random patterns draw from this many slots: all ranks, and few tiles for the interpreter
+
+
+def pool_size(num_tokens: int) -> int:
+    return max(num_tokens + 2, DRAWN_SLOTS)  # "distinct" gives every token its own slot
+
+
+def make_tokens(pattern: str, num_tokens: int, gen: torch.Generator) -> tuple[torch.Tensor, int | None]:
+    """Each token's adapter slot (-1: base model) and the hot slot, for one popularity pattern."""
+    uniform = torch.randint(0, DRAWN_SLOTS, (num_tokens,), generator=gen)
+    if pattern == "identical":
+        return torch.full((num_tokens,), 3), HOT
+    if pattern == "distinct":
+        return torch.arange(1, num_tokens + 1), HOT
+    if pattern == "uniform":
+        return uniform, HOT
+    if pattern.startswith("zipf:"):
+        weights = torch.arange(1, DRAWN_SLOTS + 1, dtype=torch.float64) ** -float(pattern.split(":")[1])
+        return torch.multinomial(weights, num_tokens, replacement=True, generator=gen), HOT
+    if pattern == "all-hot":
+        return torch.full((num_tokens,), HOT), HOT
+    if pattern == "no-hot":
+        return torch.where(torch.rand(num_tokens, generator=gen) < 0.3, -1, uniform), None
+    if pattern == "base-mixed":
+        return torch.where(torch.rand(num_tokens, generator=gen) < 0.3, -1, uniform), HOT
+    if pattern == "hot-untargeted":
+        return torch.where(torch.rand(num_tokens, generator=gen) < 0.3, -1, uniform), 4
+    raise ValueError(pattern)
+
+
+def make_slots(
+    num_slots: int, h_in: int, h_out: int, dtype: torch.dtype, gen: torch.Generator, device: str
+) -> LoRASlots:
+    slots = LoRASlots.empty(num_slots, MAX_RANK, h_in, h_out, dtype, device)
+    for s in range(num_slots):
+        r = RANK_CYCLE[s % len(RANK_CYCLE)]
+        a = torch.randn(r, h_in, generator=gen) / h_in**0.5
+        b = torch.randn(h_out, r, generator=gen) / r**0.5 if r else None
+        slots.write(s, a if r else None, b)
+    return slots
+
+
+def make_case(pattern: str, num_tokens: int, h_in: int, h_out: int, dtype: torch.dtype, device: str = DEVICE):
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{pattern} {num_tokens} {h_in} {h_out}".encode()))
+    num_slots = pool_size(num_tokens)
+    token_slots, hot = make_tokens(pattern, num_tokens, gen)
+    scales = 0.5 + torch.rand(num_slots, generator=gen)
+    batch = build_lora_batch(token_slots, scales, hot, device)
+    slots = make_slots(num_slots, h_in, h_out, dtype, gen, device)
+    x = torch.randn(num_tokens, h_in, generator=gen).to(device, dtype)
+    y = torch.randn(num_tokens, h_out, generator=gen).to(device, dtype)
+    return token_slots, hot, batch, slots, x, y
+
+
+def float32(slots: LoRASlots) -> LoRASlots:
+    return LoRASlots(slots.a.float(), slots.b_t.float(), slots.ranks, list(slots.ranks_host))
+
+
+def reference(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Tensor:
+    """The correction applied to a float32 copy of y by the torch references, on float32 weights."""
+    out = y.float()
+    if not batch.empty:
+        lora_expand_ref(out, lora_shrink_ref(x.float(), float32(slots), batch), float32(slots), batch)
+    return out
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    tol = TOL[dtype]
+    largest = ref.abs().max().item() if ref.numel() else 0.0
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * max(largest, 1.0))
+
+
+@pytest.fixture
+def nan_empty(monkeypatch):
+    """torch.empty hands out NaN-filled float tensors, so an element a kernel forgets to write shows."""
+    real_empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+
+
+SIZES = [1, 3, 7, 133]
+DTYPES = [torch.float32, torch.bfloat16]
+DTYPE_SHAPES = [(torch.float32, 40, 56), (torch.bfloat16, 72, 56)]  # odd widths: every mask; crossed costs 2x time
+
+
+@pytest.mark.parametrize("dtype,h_in,h_out", DTYPE_SHAPES, ids=str)
+@pytest.mark.parametrize("num_tokens", SIZES)
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_shrink_writes_every_element_and_matches_reference(pattern, num_tokens, dtype, h_in, h_out, nan_empty):
+    _, _, batch, slots, x, _ = make_case(pattern, num_tokens, h_in, h_out, dtype)
+    v = lora_shrink(x, slots, batch)
+    ref = lora_shrink_ref(x.float(), float32(slots), batch)
+    assert not v.isnan().any()
+    assert_close(v, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("pattern,num_tokens", [("uniform", 7), ("base-mixed", 133)])
+def test_shrink_splits_wide_inputs_over_programs_and_sums_them(pattern, num_tokens, dtype):
+    _, _, batch, slots, x, _ = make_case(pattern, num_tokens, 3 * lora_shrink_module.BLOCK_K - 20, 24, dtype)
+    v = lora_shrink(x, slots, batch)
+    assert_close(v, lora_shrink_ref(x.float(), float32(slots), batch), dtype)
+
+
+@pytest.mark.parametrize("dtype,h_in,h_out", DTYPE_SHAPES, ids=str)
+@pytest.mark.parametrize("num_tokens", SIZES)
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_expand_adds_both_entries_of_a_token_once(pattern, num_tokens, dtype, h_in, h_out):
+    token_slots, hot, batch, slots, x, y = make_case(pattern, num_tokens, h_in, h_out, dtype)
+    v = lora_shrink_ref(x.float(), float32(slots), batch)
+    ref = reference(y, x, slots, batch)
+    untouched = (token_slots == hot) if hot is not None else (token_slots < 0)
+    y0 = y.clone()
+    lora_expand(y, v, slots, batch)
+    assert_close(y, ref, dtype)
+    assert torch.equal(y[untouched.to(DEVICE)], y0[untouched.to(DEVICE)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "pattern,num_tokens",  # the kernels' own tests cover every size; 600 tokens take prefill-sized tiles
+    [(p, n) for p in PATTERNS for n in (7, 133)] + [(p, 600) for p in ("identical", "zipf:1.5", "base-mixed")],
+)
+def test_correction_op_dispatches_to_triton_and_matches_reference(pattern, num_tokens, dtype, monkeypatch):
+    _, _, batch, slots, x, y = make_case(pattern, num_tokens, 40, 56, dtype)
+    ref = reference(y, x, slots, batch)
+    calls = []
+    monkeypatch.setenv("FAIR_LORA_TRITON", "1")
+    monkeypatch.setattr(lora_shrink_module, "lora_shrink", lambda *a: calls.append(1) or lora_shrink(*a))
+    lora_correction(y, x, slots, batch)
+    assert_close(y, ref, dtype)
+    assert calls == ([] if batch.empty else [1])
+
+
+def test_correction_op_uses_the_reference_for_cpu_tensors_by_default(monkeypatch):
+    _, _, batch, slots, x, y = make_case("uniform", 7, 40, 56, torch.float32, device="cpu")
+    monkeypatch.delenv("FAIR_LORA_TRITON", raising=False)
+    monkeypatch.setattr(lora_expand_module, "lora_expand", lambda *a: pytest.fail("Triton used for CPU tensors"))
+    ref = reference(y, x, slots, batch)
+    lora_correction(y, x, slots, batch)
+    assert torch.equal(y, ref)
+
+
+def entries(batch: LoRABatch) -> list[tuple[int, int, float]]:
+    return list(zip(batch.token_idx.tolist(), batch.entry_slot.tolist(), batch.scale.tolist()))
+
+
+def test_batch_gives_cold_tokens_own_plus_hot_subtraction_and_hot_tokens_nothing():
+    scales = torch.tensor([2.0, 0.5, 0.25, 4.0])
+    batch = build_lora_batch(torch.tensor([1, 0, 2, -1, 0, 1]), scales, 0, "cpu")
+    assert sorted(entries(batch)) == sorted([
+        (0, 1, 0.5), (0, 0, -2.0), (2, 2, 0.25), (2, 0, -2.0), (3, 0, -2.0), (5, 1, 0.5), (5, 0, -2.0),
+    ])
+    assert not {1, 4} & set(batch.token_idx.tolist())
+
+
+def test_batch_without_hot_adapter_gives_one_entry_per_adapter_token_and_none_to_base_tokens():
+    batch = build_lora_batch(torch.tensor([1, -1, 2, 1]), torch.tensor([2.0, 0.5, 0.25]), None, "cpu")
+    assert sorted(entries(batch)) == [(0, 1, 0.5), (2, 2, 0.25), (3, 1, 0.5)]
+    assert batch.pair.tolist() == [-1, -1, -1]
+
+
+@pytest.mark.parametrize("num_tokens", [1, 7, 133, 600])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_batch_entries_sorted_by_slot_in_bounded_segments(pattern, num_tokens):
+    gen = torch.Generator().manual_seed(num_tokens)
+    token_slots, hot = make_tokens(pattern, num_tokens, gen)
+    batch = build_lora_batch(token_slots, torch.ones(pool_size(num_tokens)), hot, "cpu")
+    slot = batch.entry_slot.tolist()
+    assert slot == sorted(slot)
+    starts = batch.seg_start_host
+    assert starts[0] == 0 and starts[-1] == batch.num_entries and len(starts) == len(batch.seg_slot_host) + 1
+    for g, s in enumerate(batch.seg_slot_host):
+        assert starts[g] < starts[g + 1] and set(slot[starts[g]:starts[g + 1]]) == {s}
+    assert batch.max_seg_len == max((b - a for a, b in zip(starts, starts[1:])), default=0)
+    assert batch.seg_start.tolist() == list(starts) and batch.seg_slot.tolist() == list(batch.seg_slot_host)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 7, 133, 600])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_batch_tiles_cover_entries_once_and_expand_owns_each_row_once(pattern, num_tokens):
+    gen = torch.Generator().manual_seed(num_tokens)
+    token_slots, hot = make_tokens(pattern, num_tokens, gen)
+    batch = build_lora_batch(token_slots, torch.ones(pool_size(num_tokens)), hot, "cpu")
+    slot, tok, pair = batch.entry_slot.tolist(), batch.token_idx.tolist(), batch.pair.tolist()
+
+    def covered(tiles: torch.Tensor) -> list[int]:
+        out = []
+        for first, end, s in tiles.tolist():
+            assert 0 < end - first <= batch.tile_entries and set(slot[first:end]) == {s}
+            out += range(first, end)
+        return out
+
+    assert sorted(covered(batch.shrink_tiles)) == list(range(batch.num_entries))
+    owned = covered(batch.expand_tiles)
+    partners = [pair[e] for e in owned if pair[e] >= 0]
+    assert sorted(owned + partners) == list(range(batch.num_entries))
+    assert len({tok[e] for e in owned}) == len(owned)
+    assert all(tok[pair[e]] == tok[e] and slot[pair[e]] == hot for e in owned if pair[e] >= 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("num_tokens,num_adapters", [(256, 100), (2048, 3)], ids=["decode", "prefill"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_correction_op_on_gpu_matches_reference_at_model_size(num_tokens, num_adapters, dtype):
+    gen = torch.Generator().manual_seed(0)
+    h_in, h_out = 4096, 4096 + 8
+    weights = torch.arange(1, num_adapters + 1, dtype=torch.float64) ** -1.5
+    token_slots = torch.multinomial(weights, num_tokens, replacement=True, generator=gen)
+    batch = build_lora_batch(token_slots, 0.5 + torch.rand(num_adapters, generator=gen), HOT, DEVICE)
+    slots = make_slots(num_adapters, h_in, h_out, dtype, gen, DEVICE)
+    x = torch.randn(num_tokens, h_in, generator=gen).to(DEVICE, dtype)
+    y = torch.randn(num_tokens, h_out, generator=gen).to(DEVICE, dtype)
+    ref = reference(y, x, slots, batch)
+    lora_correction(y, x, slots, batch)
+    assert_close(y, ref, dtype)
