@@ -1,4 +1,12 @@
-"""Public attention ops over the paged KV cache; layers call these, never a backend directly."""
+"""Public attention ops over the paged KV cache; layers call these, never a backend directly.
+
+They pick the Triton kernels for CUDA tensors, and the torch reference elsewhere; FAIR_LORA_TRITON=1 forces
+Triton for CPU tensors too (with TRITON_INTERPRET=1), which is how the CPU tests exercise this dispatch.
+Decode-only batches go to the split-K decode kernel, any batch with a multi-token sequence to the tiled
+prefill kernel.
+"""
+import os
+
 import torch
 
 from fair_lora.kernels.attention_metadata import AttentionMetadata
@@ -8,7 +16,13 @@ from fair_lora.kernels.paged_attention_ref import paged_attention_ref, write_kv_
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
-    """Store this step's keys and values: k, v: [T, H_kv, D] into caches [num_blocks, block_size, H_kv, D]."""
+    """Store this step's keys and values: k, v: [T, H_kv, D] into caches [num_blocks, block_size, H_kv, D] at
+    slot_mapping: [T] int64. The Triton path skips negative slots (padding rows of a captured graph)."""
+    if _use_triton(k):
+        from fair_lora.kernels.kv_cache_write import kv_cache_write
+
+        kv_cache_write(k, v, k_cache, v_cache, slot_mapping)
+        return
     write_kv_cache_ref(k, v, k_cache, v_cache, slot_mapping)
 
 
@@ -16,4 +30,18 @@ def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
     """Causal attention of q: [T, H, D] over each sequence's cached context; returns [T, H, D]."""
-    return paged_attention_ref(q, k_cache, v_cache, meta, scale)
+    if not _use_triton(q):
+        return paged_attention_ref(q, k_cache, v_cache, meta, scale)
+    if meta.decode_only:
+        from fair_lora.kernels.paged_decode_attention import paged_decode_attention
+
+        return paged_decode_attention(q, k_cache, v_cache, meta, scale)
+    from fair_lora.kernels.prefill_attention import prefill_attention
+
+    return prefill_attention(q, k_cache, v_cache, meta, scale)
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    # Kernel modules are imported on first use: triton.jit reads TRITON_INTERPRET when a kernel module is
+    # imported, and a CPU-only process never needs Triton at all.
+    return x.is_cuda or os.environ.get("FAIR_LORA_TRITON") == "1"
