@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 class HFOracle:
     def __init__(self, model_dir: Path, adapters: dict[str, Path]) -> None:
-        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        base = AutoModelForCausalLM.from_pretrained(model_dir).float().eval()
         names = list(adapters)
         self.model = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=names[0]).eval()
         for name in names[1:]:

@@ -53,7 +53,7 @@ def test_bf16_engine_agrees_with_peft_bf16_on_99_percent_of_positions(gpu_demo):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(gpu_demo.model_dir, dtype=torch.bfloat16).cuda().eval()
+    base = AutoModelForCausalLM.from_pretrained(gpu_demo.model_dir).to(device="cuda", dtype=torch.bfloat16).eval()
     names = list(gpu_demo.adapters)
     model = PeftModel.from_pretrained(base, gpu_demo.adapters[names[0]], adapter_name=names[0])
     for name in names[1:]:
