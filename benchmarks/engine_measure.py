@@ -1,0 +1,203 @@
+"""Measurements on the fair_lora engine: decode steps of a full batch, one long prefill, hot-merge switches.
+
+A step is timed as wall time around `engine.step()` with the device synchronized on both sides: the whole
+step (schedule, prepare, forward, sample), as a server sees it."""
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.roofline import synchronize
+from fair_lora import EngineConfig, LLMEngine, RequestOutput, SamplingParams
+from fair_lora.lora.adapter import LoRAAdapter
+
+ADAPTER_STD = 0.02  # small random A and B keep bf16 activations finite through every layer
+ADAPTER_SCALING = 2.0  # lora_alpha = 2·r
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model_dir: Path  # holds config.json only: the weights are random (load_format="dummy")
+    device: str
+    dtype: str
+    context: int  # prompt tokens of every decode sequence
+    warmup: int  # decode steps run before timing (CUDA-graph capture, allocator warm-up)
+    steps: int  # decode steps timed
+    prefill_len: int
+    prefill_reps: int
+    max_batch: int
+    fill_budget: int  # max_num_batched_tokens while a batch fills
+    block_size: int = 16
+
+    @property
+    def fill_steps(self) -> int:
+        """Steps to admit and prefill a full batch, with room for the last chunk to catch up."""
+        return math.ceil(self.max_batch * self.context / self.fill_budget) + 4
+
+    @property
+    def max_tokens(self) -> int:
+        """Each decode request's budget: no request finishes before its timed steps are done."""
+        return self.fill_steps + self.warmup + self.steps + 2
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    seconds: list[float]  # each timed step
+    contexts: list[int]  # the KV length each sequence attended over in the last timed step
+    corrected_tokens: int  # tokens that took the correction path in the last timed step (engine's count)
+
+
+@dataclass(frozen=True)
+class MergeTiming:
+    projections: int
+    merge: list[float]  # base -> adapter
+    switch: list[float]  # adapter -> another adapter
+    restore: list[float]  # adapter -> base
+    bit_exact: bool  # after the switches every projection equals the loaded weight bit for bit
+    merged_differs: bool  # a merged weight differed from the loaded one: the merge did happen
+
+
+def graphs_flag_present() -> bool:
+    return "cuda_graphs" in {f.name for f in dataclasses.fields(EngineConfig)}
+
+
+def adapter_name(index: int) -> str:
+    return f"a{index:03d}"
+
+
+def make_engine(s: EngineSettings, mode: str, ranks: tuple[int, ...], graphs: bool | None) -> LLMEngine:
+    """An engine with random weights and one in-memory adapter per rank, every adapter fitting a device slot."""
+    decode_blocks = math.ceil(s.max_batch * (s.context + s.max_tokens) / s.block_size) + s.max_batch
+    prefill_blocks = math.ceil((s.prefill_len + 1) / s.block_size) + 1
+    settings = dict(
+        model=str(s.model_dir),
+        load_format="dummy",
+        device=s.device,
+        dtype=s.dtype,
+        mode=mode,
+        auto_hot=False,
+        max_adapter_slots=len(ranks),
+        max_lora_rank=max(ranks),
+        max_num_seqs=s.max_batch,
+        max_num_batched_tokens=max(s.fill_budget, s.prefill_len),
+        num_kv_blocks=max(decode_blocks, prefill_blocks),
+        block_size=s.block_size,
+    )
+    if graphs is not None:
+        settings["cuda_graphs"] = graphs
+    engine = LLMEngine(EngineConfig(**settings))
+    add_adapters(engine, ranks)
+    return engine
+
+
+def add_adapters(engine: LLMEngine, ranks: tuple[int, ...]) -> None:
+    """Random adapters made on the engine's device, on all seven projections of every layer."""
+    device, dtype = torch.device(engine.config.device), engine.config.torch_dtype
+    generator = torch.Generator(device=device).manual_seed(1)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device).mul_(ADAPTER_STD)
+
+    for i, rank in enumerate(ranks):
+        weights = {path: (rand(rank, h_in), rand(h_out, rank)) for path, (h_in, h_out) in engine.shapes.items()}
+        engine.add_adapter(LoRAAdapter(adapter_name(i), Path("."), rank, ADAPTER_SCALING, weights))
+
+
+def measure_decode(
+    engine: LLMEngine, s: EngineSettings, adapters: list[str | None], hot: str | None, rng: np.random.Generator
+) -> DecodeTiming:
+    """adapters: each sequence's adapter name (None: the base model); hot: the adapter merged (fair mode).
+    Fill the batch, run `warmup` pure decode steps, then time `steps` more."""
+    if engine.config.mode == "fair":
+        engine.set_hot_adapter(hot)
+    batch, device = len(adapters), torch.device(engine.config.device)
+    params = SamplingParams(max_tokens=s.max_tokens, ignore_eos=True)
+    prompts = rng.integers(0, engine.hf_config.vocab_size, (batch, s.context)).tolist()
+    ids = [engine.add_request(p, a, params) for p, a in zip(prompts, adapters)]
+    try:
+        _fill(engine, batch, s.fill_steps)
+        for _ in range(s.warmup):
+            _decode_step(engine, batch)
+        seconds, outputs = [], []
+        for _ in range(s.steps):
+            synchronize(device)
+            start = time.perf_counter()
+            outputs = _decode_step(engine, batch)
+            synchronize(device)
+            seconds.append(time.perf_counter() - start)
+        contexts = [len(o.prompt_token_ids) + len(o.token_ids) - 1 for o in outputs]
+        return DecodeTiming(seconds, contexts, engine.last_step.num_corrected_tokens)
+    finally:
+        for request_id in ids:
+            engine.abort(request_id)
+
+
+def _fill(engine: LLMEngine, batch: int, limit: int) -> None:
+    """Step until every sequence is admitted and prefilled: the first step that decodes all of them."""
+    for _ in range(limit):
+        engine.step()
+        if engine.last_step.num_seqs == batch and engine.last_step.num_tokens == batch:
+            return
+    raise RuntimeError(f"a batch of {batch} did not reach pure decode in {limit} steps (KV blocks or slots short?)")
+
+
+def _decode_step(engine: LLMEngine, batch: int) -> list[RequestOutput]:
+    outputs = engine.step()
+    if engine.last_step.num_tokens != batch or len(outputs) != batch:
+        raise RuntimeError(
+            f"a decode step ran {engine.last_step.num_tokens} tokens for {len(outputs)} sequences, expected {batch}"
+            f" (preempted: {engine.last_step.num_preempted})"
+        )
+    return outputs
+
+
+def measure_prefill(
+    engine: LLMEngine, s: EngineSettings, adapter: str | None, hot: str | None, rng: np.random.Generator
+) -> list[float]:
+    """Time the step that prefills one `prefill_len`-token prompt; the first of prefill_reps + 1 is a warm-up."""
+    if engine.config.mode == "fair":
+        engine.set_hot_adapter(hot)
+    device = torch.device(engine.config.device)
+    params = SamplingParams(max_tokens=1, ignore_eos=True)
+    seconds = []
+    for _ in range(s.prefill_reps + 1):
+        prompt = rng.integers(0, engine.hf_config.vocab_size, s.prefill_len).tolist()
+        request_id = engine.add_request(prompt, adapter, params)
+        synchronize(device)
+        start = time.perf_counter()
+        engine.step()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+        engine.abort(request_id)
+        if engine.last_step.num_tokens != s.prefill_len:
+            raise RuntimeError(f"the prefill step ran {engine.last_step.num_tokens} tokens, not {s.prefill_len}")
+    return seconds[1:]
+
+
+def measure_merge(engine: LLMEngine, names: list[str], rounds: int) -> MergeTiming:
+    """Switch base -> names[0] -> names[1] -> ... -> base `rounds` times, after one untimed pass that makes every
+    adapter slot-resident (so a switch is a merge, not a host load); then compare every weight with the loaded one."""
+    linears = engine.model.lora_linears()
+    engine.set_hot_adapter(None)
+    loaded = {path: m.weight.detach().clone() for path, m in linears.items()}
+    for name in names:
+        engine.set_hot_adapter(name)
+    engine.set_hot_adapter(None)
+    merge, switch, restore, differs = [], [], [], False
+    probe = next(iter(linears))
+    for _ in range(rounds):
+        merge.append(engine.set_hot_adapter(names[0]))
+        differs = differs or not _bit_equal(linears[probe].weight, loaded[probe])
+        switch += [engine.set_hot_adapter(name) for name in names[1:]]
+        restore.append(engine.set_hot_adapter(None))
+    exact = all(_bit_equal(m.weight, loaded[path]) for path, m in linears.items())
+    return MergeTiming(len(linears), merge, switch, restore, exact, differs)
+
+
+def _bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.detach().view(as_int), b.view(as_int))
