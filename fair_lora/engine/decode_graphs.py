@@ -5,8 +5,8 @@ attention and correction metadata live in static buffers that each step overwrit
 inert (context length 0, cache writes to a scratch block, no correction entries). The correction kind is
 part of the key so nothing is ever skipped silently: a graph captured without correction kernels only
 replays for batches that have no correction entries (every token hot, or the base model with nothing
-merged); a batch with entries replays a graph that launches them, captured for that hot slot.
-Graphs are captured on first use and dropped when the hot slot changes.
+merged); a batch with entries replays a graph that launches them. The hot slot is a device scalar the
+kernels read, so a hot switch needs no new capture. Graphs are captured on first use and kept.
 """
 from dataclasses import dataclass, replace
 
@@ -47,9 +47,9 @@ class DecodeGraphs:
         self.token_idx, self.scale = new(e, dtype=torch.int64), new(e, dtype=torch.float32)
         self.pair, self.entry_slot = new(e), new(e)
         self.shrink_tiles, self.expand_tiles = new(max_tiles, 3), new(max_tiles, 3)
-        self.graphs: dict[tuple[int, bool, int | None], _Graph] = {}
-        self.pool = None
-        self.hot_slot: int | None = None
+        self.hot_slot = new(1)
+        self.graphs: dict[tuple[int, bool, bool], _Graph] = {}  # (batch size, corrected, hot merged)
+        self.pool = torch.cuda.graph_pool_handle()
 
     def supports(self, num_seqs: int) -> bool:
         return num_seqs <= self.max_batch
@@ -59,11 +59,8 @@ class DecodeGraphs:
         n = len(input_ids)
         size = next(b for b in self.buckets if b >= n)
         corrected = not batch.lora.empty
-        if batch.lora.hot_slot != self.hot_slot:
-            self.graphs = {k: g for k, g in self.graphs.items() if not k[1]}
-            self.hot_slot = batch.lora.hot_slot
         self._fill(input_ids, positions, batch, size)
-        key = (size, corrected, self.hot_slot if corrected else None)
+        key = (size, corrected, corrected and batch.lora.hot_slot is not None)
         if key not in self.graphs:
             self.graphs[key] = self._capture(size, corrected, batch.lora)
         entry = self.graphs[key]
@@ -83,6 +80,7 @@ class DecodeGraphs:
             return
         assert lora.tile_entries == 16 and len(lora.shrink_tiles) <= len(self.shrink_tiles), "bucket sized wrong"
         e = lora.num_entries
+        self.hot_slot.copy_(lora.hot_slot_t)
         for static, real, pad in (
             (self.token_idx, lora.token_idx, 0), (self.scale, lora.scale, 0),
             (self.pair, lora.pair, -1), (self.entry_slot, lora.entry_slot, 0),
@@ -108,6 +106,7 @@ class DecodeGraphs:
             lora = replace(
                 lora, num_tokens=size, token_idx=self.token_idx[:e], scale=self.scale[:e], pair=self.pair[:e],
                 entry_slot=self.entry_slot[:e], shrink_tiles=self.shrink_tiles, expand_tiles=self.expand_tiles,
+                hot_slot_t=self.hot_slot,
             )
         else:
             lora = replace(lora, num_tokens=size)
@@ -124,5 +123,4 @@ class DecodeGraphs:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             logits = self.model(ids, pos, batch)
-        self.pool = graph.pool()
         return _Graph(graph, logits)

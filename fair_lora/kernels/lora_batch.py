@@ -28,6 +28,7 @@ class LoRABatch:
     seg_slot_host: tuple[int, ...]
     max_seg_len: int  # longest segment
     hot_slot: int | None  # the slot merged into the base weights
+    hot_slot_t: torch.Tensor  # [1] int32 on the device, the same (0 when none), read by the expand kernel
     pair: torch.Tensor  # [E] int32, for an own-adapter entry: its token's hot-subtraction entry; else -1
     tile_entries: int  # the most entries in one tile
     shrink_tiles: torch.Tensor  # [N_s, 3] int32 (first entry, end entry, slot); every entry in exactly one
@@ -79,6 +80,7 @@ def build_lora_batch(
         seg_slot_host=tuple(seg_slot.tolist()),
         max_seg_len=int(counts.max()) if len(counts) else 0,
         hot_slot=hot_slot,
+        hot_slot_t=torch.tensor([hot_slot or 0], dtype=torch.int32, device=device),
         pair=_hot_pairs(idx, slot, len(token_slots), hot_slot).to(device=device, dtype=torch.int32),
         tile_entries=tile_entries,
         shrink_tiles=_tiles(seg_start[:-1], seg_start[1:], seg_slot, tile_entries).to(device),

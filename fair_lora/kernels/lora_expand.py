@@ -48,10 +48,10 @@ def _b_block(b_t_ptr, slot, rank, n, n_ok, stride_b_slot, stride_b_rank, BLOCK_R
     return b.to(tl.float32)  # float32 operands: see lora_shrink._precision
 
 
-@triton.jit(do_not_specialize=["hot_slot"])
+@triton.jit
 def _kernel(
     y_ptr, v_ptr, b_t_ptr, token_idx_ptr, scale_ptr, pair_ptr, tiles_ptr, ranks_ptr,
-    hot_slot, h_out, n_per_program, stride_y, stride_v, stride_b_slot, stride_b_rank,
+    hot_slot_ptr, h_out, n_per_program, stride_y, stride_v, stride_b_slot, stride_b_rank,
     HAS_HOT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -64,7 +64,7 @@ def _kernel(
     t = tl.load(token_idx_ptr + e, mask=e_ok, other=0)
     v_own, rank = _scaled_v(v_ptr, scale_ptr, ranks_ptr, e, e_ok, slot, stride_v, BLOCK_R)
     if HAS_HOT:
-        hot = hot_slot.to(tl.int64)
+        hot = tl.load(hot_slot_ptr).to(tl.int64)  # a device scalar: a captured graph follows hot switches
         p = tl.load(pair_ptr + e, mask=e_ok, other=-1)
         v_hot, hot_rank = _scaled_v(v_ptr, scale_ptr, ranks_ptr, p, p >= 0, hot, stride_v, BLOCK_R)
     n_first = n_group * n_per_program
@@ -103,7 +103,7 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, slots: LoRASlots, batch: LoRAB
     has_hot = batch.hot_slot is not None
     _kernel[grid](
         y, v, slots.b_t, batch.token_idx, batch.scale, batch.pair, batch.expand_tiles, slots.ranks,
-        batch.hot_slot if has_hot else 0, h_out, blocks_per_program * block_n,
+        batch.hot_slot_t, h_out, blocks_per_program * block_n,
         y.stride(0), v.stride(0), slots.b_t.stride(0), slots.b_t.stride(1),
         HAS_HOT=has_hot, BLOCK_E=batch.tile_entries, BLOCK_N=block_n, BLOCK_R=block_r,
         PRECISION="ieee" if slots.b_t.dtype == torch.float32 else "tf32",
