@@ -50,7 +50,8 @@ def _setup(meta: dict, cal: dict) -> list[str]:
         "bytes / copy rate), bytes = base weights + distinct adapters touched + KV cache",
         f"- decode: {meta['context']}-token prompts; median of {meta['steps']} engine.step() calls after "
         f"{meta['warmup']} warm-up, wall time between device synchronizations; fair merges the batch's most "
-        "frequent adapter; base = every request without an adapter, on the slora engine",
+        "frequent adapter when its share reaches the hot policy's enter share (0.5), as its policy would, "
+        "else nothing (then fair runs as slora); base = every request without an adapter, on the slora engine",
         f"- hf-peft ({meta['hf_peft_method']}): {meta['hf_peft_description']}; attention "
         f"{meta.get('hf_peft_attention')}; median of {meta['peft_steps']} steps after {meta['peft_warmup']}",
         f"- CUDA graphs in the main sweep: {_graphs(meta['primary_graphs'])}; run wall time {meta['wall_s']:.0f} s",

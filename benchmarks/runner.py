@@ -30,6 +30,7 @@ from benchmarks.report import describe_set, markdown, median_ms, progress_line, 
 from benchmarks.roofline import Calibration, ModelShape, calibrate, correction, decode_cost, prefill_cost
 from benchmarks.targets import targets
 from benchmarks.workload import AdapterSet, Mix, mixed_set, most_frequent, uniform_set
+from fair_lora import PopularityConfig
 
 Adapters = list[int | None]  # the adapter index of each sequence of a batch; None: the base model
 
@@ -124,7 +125,10 @@ class Bench:
     ) -> None:
         def measure() -> dict:
             adapters: Adapters = [None] * batch if mix is None else mix.adapters(batch, len(aset.ranks))
-            hot = most_frequent(adapters)[0] if mode == "fair" else None
+            top, share = most_frequent(adapters)
+            # fair merges what its own policy would hold merged at steady state: the top adapter once its share
+            # reaches the enter share; below that nothing is merged and fair runs exactly like slora.
+            hot = top if mode == "fair" and share >= PopularityConfig().enter_share else None
             names = [None if a is None else adapter_name(a) for a in adapters]
             t = measure_decode(engine, s, names, None if hot is None else adapter_name(hot), self.rng)
             record = self._decode_record(mode, aset, graphs, mix, adapters, hot, t.seconds, t.contexts)
