@@ -13,6 +13,7 @@ brings its token's hot entry along through `pair`. So no two programs ever write
 """
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -48,64 +49,75 @@ def build_lora_batch(
 ) -> LoRABatch:
     """token_slots: [T] int, each token's adapter slot, -1 for the base model (host tensor).
     slot_scales: [S] float32, each slot's scaling (lora_alpha / r, or / sqrt(r) with rsLoRA) (host tensor).
-    hot_slot: the slot merged into the base weights, or None."""
-    token_slots = token_slots.to(torch.int64)
-    rows = torch.arange(len(token_slots))
-    own = (token_slots >= 0) if hot_slot is None else (token_slots >= 0) & (token_slots != hot_slot)
-    parts_idx, parts_slot, parts_scale = [rows[own]], [token_slots[own]], [slot_scales[token_slots[own]]]
-    num_base = int((token_slots < 0).sum())
+    hot_slot: the slot merged into the base weights, or None.
+
+    This runs on the host before every forward, so it is numpy (no thread-pool start-up per small op, which
+    cost milliseconds per step on a many-core host) and sends its int32 tables to the device in one copy."""
+    slots = token_slots.numpy().astype(np.int64)
+    scales = slot_scales.numpy().astype(np.float32)
+    rows = np.arange(len(slots))
+    own = (slots >= 0) if hot_slot is None else (slots >= 0) & (slots != hot_slot)
+    parts_idx, parts_slot, parts_scale = [rows[own]], [slots[own]], [scales[slots[own]]]
+    num_base = int((slots < 0).sum())
     if hot_slot is not None:
-        minus_hot = torch.cat([rows[token_slots < 0], rows[own]])  # base-model tokens first: the expand's tiles
+        minus_hot = np.concatenate([rows[slots < 0], rows[own]])  # base-model tokens first: the expand's tiles
         parts_idx.append(minus_hot)
-        parts_slot.append(torch.full((len(minus_hot),), hot_slot, dtype=torch.int64))
-        parts_scale.append(torch.full((len(minus_hot),), -float(slot_scales[hot_slot])))
-    idx, slot, scale = torch.cat(parts_idx), torch.cat(parts_slot), torch.cat(parts_scale).float()
-    order = torch.sort(slot, stable=True).indices
+        parts_slot.append(np.full(len(minus_hot), hot_slot, dtype=np.int64))
+        parts_scale.append(np.full(len(minus_hot), -scales[hot_slot], dtype=np.float32))
+    idx, slot, scale = np.concatenate(parts_idx), np.concatenate(parts_slot), np.concatenate(parts_scale)
+    order = np.argsort(slot, kind="stable")
     idx, slot, scale = idx[order], slot[order], scale[order]
-    seg_slot, counts = torch.unique_consecutive(slot, return_counts=True)
-    seg_start = torch.zeros(len(counts) + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=seg_start[1:])
-    tile_entries = 16 if len(token_slots) <= 512 else 32  # decode segments are short; prefill's reuse more A/B
-    expand_ends = seg_start[1:].clone()  # the expand owns the non-hot segments and the hot one's base prefix
+    seg_slot, counts = np.unique(slot, return_counts=True)  # slot is sorted: one run per distinct slot
+    seg_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    tile_entries = 16 if len(slots) <= 512 else 32  # decode segments are short; prefill's reuse more A/B
+    expand_ends = seg_start[1:].copy()  # the expand owns the non-hot segments and the hot one's base prefix
     if hot_slot is not None:
         expand_ends[seg_slot == hot_slot] = seg_start[:-1][seg_slot == hot_slot] + num_base
+    tables = [
+        slot, seg_start, seg_slot, _hot_pairs(idx, slot, len(slots), hot_slot), [hot_slot or 0],
+        _tiles(seg_start[:-1], seg_start[1:], seg_slot, tile_entries),
+        _tiles(seg_start[:-1], expand_ends, seg_slot, tile_entries),
+    ]
+    flat = [np.asarray(t, dtype=np.int32).reshape(-1) for t in tables]
+    packed = torch.from_numpy(np.concatenate(flat)).to(device)
+    entry_slot, seg_start_t, seg_slot_t, pair, hot_t, shrink, expand = packed.split([len(t) for t in flat])
     return LoRABatch(
-        num_tokens=len(token_slots),
-        token_idx=idx.to(device),
-        scale=scale.to(device),
-        entry_slot=slot.to(device=device, dtype=torch.int32),
-        seg_start=seg_start.to(device=device, dtype=torch.int32),
-        seg_slot=seg_slot.to(device=device, dtype=torch.int32),
+        num_tokens=len(slots),
+        token_idx=torch.from_numpy(idx).to(device),
+        scale=torch.from_numpy(scale).to(device),
+        entry_slot=entry_slot,
+        seg_start=seg_start_t,
+        seg_slot=seg_slot_t,
         seg_start_host=tuple(seg_start.tolist()),
         seg_slot_host=tuple(seg_slot.tolist()),
         max_seg_len=int(counts.max()) if len(counts) else 0,
         hot_slot=hot_slot,
-        hot_slot_t=torch.tensor([hot_slot or 0], dtype=torch.int32, device=device),
-        pair=_hot_pairs(idx, slot, len(token_slots), hot_slot).to(device=device, dtype=torch.int32),
+        hot_slot_t=hot_t,
+        pair=pair,
         tile_entries=tile_entries,
-        shrink_tiles=_tiles(seg_start[:-1], seg_start[1:], seg_slot, tile_entries).to(device),
-        expand_tiles=_tiles(seg_start[:-1], expand_ends, seg_slot, tile_entries).to(device),
+        shrink_tiles=shrink.view(-1, 3),
+        expand_tiles=expand.view(-1, 3),
     )
 
 
-def _hot_pairs(idx: torch.Tensor, slot: torch.Tensor, num_tokens: int, hot_slot: int | None) -> torch.Tensor:
+def _hot_pairs(idx: np.ndarray, slot: np.ndarray, num_tokens: int, hot_slot: int | None) -> np.ndarray:
     """[E]: for each entry of a token's own adapter, the position of the same token's hot entry; else -1."""
-    pair = torch.full((len(idx),), -1, dtype=torch.int64)
+    pair = np.full(len(idx), -1, dtype=np.int64)
     if hot_slot is None:
         return pair
     is_hot = slot == hot_slot
-    hot_entry_of_token = torch.full((num_tokens,), -1, dtype=torch.int64)
-    hot_entry_of_token[idx[is_hot]] = torch.nonzero(is_hot).flatten()
+    hot_entry_of_token = np.full(num_tokens, -1, dtype=np.int64)
+    hot_entry_of_token[idx[is_hot]] = np.flatnonzero(is_hot)
     pair[~is_hot] = hot_entry_of_token[idx[~is_hot]]
     return pair
 
 
-def _tiles(starts: torch.Tensor, ends: torch.Tensor, slots: torch.Tensor, size: int) -> torch.Tensor:
-    """Cut each run starts[g]:ends[g] into tiles of at most `size` entries: [N, 3] int32 (first, end, slot)."""
-    lengths = (ends - starts).clamp(min=0)
+def _tiles(starts: np.ndarray, ends: np.ndarray, slots: np.ndarray, size: int) -> np.ndarray:
+    """Cut each run starts[g]:ends[g] into tiles of at most `size` entries: [N, 3] (first, end, slot)."""
+    lengths = np.maximum(ends - starts, 0)
     per_run = (lengths + size - 1) // size
-    run = torch.repeat_interleave(torch.arange(len(starts)), per_run)
-    first_tile = torch.cumsum(per_run, 0) - per_run
-    first = starts[run] + (torch.arange(len(run)) - first_tile[run]) * size
-    end = torch.minimum(first + size, ends[run])
-    return torch.stack([first, end, slots[run]], dim=1).to(torch.int32)
+    run = np.repeat(np.arange(len(starts)), per_run)
+    first_tile = np.cumsum(per_run) - per_run
+    first = starts[run] + (np.arange(len(run)) - first_tile[run]) * size
+    end = np.minimum(first + size, ends[run])
+    return np.stack([first, end, slots[run]], axis=1)
