@@ -12,29 +12,16 @@ table width): the launch needs no host sync and, with a padded batch and a fixed
 fixed grid, as a CUDA graph needs. A sequence of context length 0 (graph padding) gets zeros.
 """
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from fair_lora.kernels.attention_common import LOG2E, precision, reduce_max, reduce_sum, upcast
 from fair_lora.kernels.attention_metadata import AttentionMetadata
 
 MIN_SPLIT_TOKENS = 128  # a split shorter than this costs more in its reduction than its parallelism saves
 MAX_SPLITS = 64
-LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _max(x, AXIS: tl.constexpr):
-    # tl.max and tl.sum are @triton.jit wrappers, compiled-only when triton was imported before TRITON_INTERPRET
-    # was set (as in the test session); tl.reduce is a builtin and runs in the interpreter either way.
-    return tl.reduce(x, AXIS, tl.standard._elementwise_max)
-
-
-@triton.jit
-def _sum(x, AXIS: tl.constexpr):
-    return tl.reduce(x, AXIS, tl.standard._sum_combine)
 
 
 @triton.jit
@@ -75,10 +62,10 @@ def _kernel(
             k, v = k.to(tl.float32), v.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         s = tl.where(n_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, _max(s, 1))
+        m_new = tl.maximum(m, reduce_max(s, 1))
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + _sum(p, 1)
+        l = l * alpha + reduce_sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
     has_keys = l > 0.0
@@ -104,11 +91,11 @@ def _reduce_kernel(
     s_ok = s < num_splits
     part = (seq * tl.num_programs(1) + head) * num_splits + s
     lse = tl.load(part_lse_ptr + part, mask=s_ok, other=float("-inf"))
-    top = _max(lse, 0)
+    top = reduce_max(lse, 0)
     weight = tl.exp2(lse - tl.where(top == float("-inf"), 0.0, top))
     o = tl.load(part_out_ptr + part[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0)
-    total = _sum(weight, 0)
-    acc = _sum(weight[:, None] * o, 0) / tl.where(total > 0.0, total, 1.0)
+    total = reduce_sum(weight, 0)
+    acc = reduce_sum(weight[:, None] * o, 0) / tl.where(total > 0.0, total, 1.0)
     out = out_ptr + seq * stride_o_seq + head * stride_o_head + d
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=d < head_dim)
 
@@ -146,7 +133,7 @@ def paged_decode_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         meta.block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=_block_n(q.dtype), BLOCK_D=block_d,
-        SPLIT=num_splits > 1, UPCAST=_upcast(q.dtype), PRECISION=_precision(q.dtype), num_warps=4, num_stages=2,
+        SPLIT=num_splits > 1, UPCAST=upcast(q.dtype), PRECISION=precision(q.dtype), num_warps=4, num_stages=2,
     )
     if num_splits > 1:
         _reduce_kernel[(num_seqs, num_heads)](
@@ -176,14 +163,3 @@ def _block_n(dtype: torch.dtype) -> int:
     the sizes that compile for sm_90 at D=128 without register spills under Triton 3.6: exact float32 dots run
     on CUDA cores and need the smaller tile."""
     return 16 if dtype == torch.float32 else 32
-
-
-def _upcast(dtype: torch.dtype) -> bool:
-    """16-bit operands go to tl.dot as they are (float32 accumulate), except bf16 in Triton's CPU interpreter,
-    which multiplies bf16 operands as raw integers (fp16 it gets right, so fp16 tests cover the GPU path)."""
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _precision(dtype: torch.dtype) -> str:
-    """float32 models are the fidelity reference: exact products, no tf32."""
-    return "ieee" if dtype == torch.float32 else "tf32"

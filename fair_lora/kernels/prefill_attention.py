@@ -10,27 +10,13 @@ Tiles are numbered without host metadata: sequence b's tiles start at query_star
 T // BLOCK_Q + B programs cover every batch, each finds its sequence by binary search over query_start, and
 the programs past their sequence's last token return at once.
 """
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from fair_lora.kernels.attention_common import LOG2E, precision, reduce_max, reduce_sum, upcast
 from fair_lora.kernels.attention_metadata import AttentionMetadata
-
-LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _max(x, AXIS: tl.constexpr):
-    # tl.max and tl.sum are @triton.jit wrappers, compiled-only when triton was imported before TRITON_INTERPRET
-    # was set (as in the test session); tl.reduce is a builtin and runs in the interpreter either way.
-    return tl.reduce(x, AXIS, tl.standard._elementwise_max)
-
-
-@triton.jit
-def _sum(x, AXIS: tl.constexpr):
-    return tl.reduce(x, AXIS, tl.standard._sum_combine)
 
 
 @triton.jit
@@ -50,10 +36,10 @@ def _attend(q, m, l, acc, k_cache_ptr, v_cache_ptr, table, kv_head, pos, k_lo, k
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         if CAUSAL:
             s = tl.where(n_ok[None, :] & (n[None, :] <= pos[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m, _max(s, 1))
+        m_new = tl.maximum(m, reduce_max(s, 1))
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + _sum(p, 1)
+        l = l * alpha + reduce_sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
     return m, l, acc
@@ -152,7 +138,7 @@ def prefill_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         meta.block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(head_dim),
-        UPCAST=_upcast(q.dtype), PRECISION=_precision(q.dtype), num_warps=num_warps, num_stages=2,
+        UPCAST=upcast(q.dtype), PRECISION=precision(q.dtype), num_warps=num_warps, num_stages=2,
     )
     return out
 
@@ -164,14 +150,3 @@ def _tiles(dtype: torch.dtype, rows: int) -> tuple[int, int, int]:
     if dtype == torch.float32:
         return 16, 16, 4
     return (128, 64, 8) if rows >= 128 else (64, 64, 8)
-
-
-def _upcast(dtype: torch.dtype) -> bool:
-    """16-bit operands go to tl.dot as they are (float32 accumulate), except bf16 in Triton's CPU interpreter,
-    which multiplies bf16 operands as raw integers (fp16 it gets right, so fp16 tests cover the GPU path)."""
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _precision(dtype: torch.dtype) -> str:
-    """float32 models are the fidelity reference: exact products, no tf32."""
-    return "ieee" if dtype == torch.float32 else "tf32"
