@@ -110,6 +110,8 @@ class LoRAWorker:
 
     async def unload_adapter(self, name: str) -> FairLoRAError | None:
         def unload() -> None:
+            if self.engine.requests_using(name):
+                self.engine.unload_adapter(name)  # refuses, naming the requests; nothing has changed yet
             if self.engine.hot_adapter == name:  # unmerge first; the plan stops naming it once it is gone
                 self._switch(None)
             self.engine.unload_adapter(name)

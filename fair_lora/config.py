@@ -39,9 +39,17 @@ class EngineConfig:
             raise ValueError(f"load_format must be 'safetensors' or 'dummy', got {self.load_format!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        for name in ("max_lora_rank", "max_adapter_slots", "max_num_seqs", "max_num_batched_tokens", "block_size"):
+        for name in ("max_lora_rank", "max_adapter_slots", "max_num_seqs", "max_num_batched_tokens", "block_size",
+                     "max_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        for name in ("max_model_len", "num_kv_blocks"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None")
+        if self.max_lora_rank > 128:
+            raise ValueError("max_lora_rank must be <= 128 (one rank block of the correction kernels)")
+        if self.mode == "fair" and self.max_adapter_slots < 2:
+            raise ValueError("mode='fair' needs max_adapter_slots >= 2: the merged adapter pins one slot")
 
     @property
     def torch_dtype(self) -> torch.dtype:

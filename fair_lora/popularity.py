@@ -34,6 +34,12 @@ class PopularityConfig:
     min_dwell_s: float = 5.0  # no switch within this long of the previous one
     min_requests: int = 10  # no hot choice from fewer requests than this in the window
 
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or (self.window_requests is not None and self.window_requests < 1):
+            raise ValueError("window_s must be > 0 and window_requests >= 1 (or None)")
+        if self.min_dwell_s < 0 or self.min_requests < 0:
+            raise ValueError("min_dwell_s and min_requests must be >= 0")
+
 
 def _check_shares(config: PopularityConfig) -> None:
     if not 0.0 <= config.exit_share < config.enter_share <= 1.0:

@@ -1,4 +1,5 @@
 """Per-request sampling settings, validated on construction (vLLM's names and meanings)."""
+import math
 from dataclasses import dataclass, field
 
 from fair_lora.errors import RequestError
@@ -20,10 +21,16 @@ class SamplingParams:
             self.stop = [self.stop]
         if self.top_k == -1:
             self.top_k = 0
+        numbers = (self.temperature, self.top_p)
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers) or not isinstance(
+            self.stop, list
+        ):
+            raise RequestError(f"temperature and top_p must be numbers and stop a list of strings; got {self}")
         checks = [
             (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be an integer >= 1"),
-            (self.temperature >= 0.0, "temperature must be >= 0"),
+            (self.temperature >= 0.0 and math.isfinite(self.temperature), "temperature must be finite and >= 0"),
             (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63), "seed must be in [0, 2**63)"),
             (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an integer >= 0 (or -1 for none)"),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be a list of non-empty strings"),
         ]
@@ -33,4 +40,5 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below this, logits / temperature overflows; vLLM draws the same line.
+        return self.temperature < 1e-5

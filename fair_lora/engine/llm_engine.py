@@ -17,7 +17,7 @@ from fair_lora.engine.policy import make_policy
 from fair_lora.engine.scheduler import ScheduledSeq, Scheduler
 from fair_lora.engine.sequence import Sequence
 from fair_lora.engine.step_stats import StepStats
-from fair_lora.errors import AdapterFormatError, FairLoRAError, QueueFullError, RequestError
+from fair_lora.errors import AdapterFormatError, AdapterInUseError, FairLoRAError, QueueFullError, RequestError
 from fair_lora.layers.sampler import sample
 from fair_lora.lora.adapter import LoRAAdapter, check_name, load_adapter
 from fair_lora.lora.adapter_pool import AdapterPool
@@ -38,12 +38,13 @@ class LLMEngine:
         # A dummy-weight benchmark model may come without a tokenizer; it then takes token ids only.
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) if has_tokenizer or not dummy else None
         self.model, self.hf_config = load_model(model_dir, config.torch_dtype, config.device, dummy=dummy)
-        self.max_model_len = min(config.max_model_len or 10**9, self.model.args.max_position_embeddings)
+        self.max_model_len = min(config.max_model_len or self.model.args.max_position_embeddings, self.model.args.max_position_embeddings)
         linears = self.model.lora_linears()
         self.shapes = {path: (m.in_features, m.out_features) for path, m in linears.items()}
         self.pool = AdapterPool(linears, config.max_adapter_slots, config.max_lora_rank, config.torch_dtype, config.device)
         self.merger = HotMerger(linears) if config.mode == "fair" else None
         self.hot: str | None = None
+        self._policy_choice: str | None = None  # the hot policy's last choice that was acted on
         self.adapter_roots = [Path(r) for r in config.adapter_roots] or sorted({Path(p).resolve().parent for p in adapters.values()})
         num_blocks = config.num_kv_blocks or config.max_num_seqs * -(-self.max_model_len // config.block_size)
         self.blocks = BlockManager(num_blocks, config.block_size)
@@ -107,7 +108,14 @@ class LLMEngine:
         )
         self.pool.add(adapter)
 
+    def requests_using(self, name: str) -> list[str]:
+        """Unfinished requests (waiting, preempted or running) of adapter `name`."""
+        return [seq.request_id for seq in self.sequences.values() if seq.adapter == name and not seq.finished]
+
     def unload_adapter(self, name: str) -> None:
+        users = self.requests_using(name)
+        if users:
+            raise AdapterInUseError(f"adapter {name!r} is used by {len(users)} unfinished requests; unload it later")
         self.pool.remove(name)
 
     @property
@@ -142,10 +150,17 @@ class LLMEngine:
         return self.pool.slot_of[self.hot]
 
     def _auto_hot(self) -> None:
-        if self.merger is not None and self.config.auto_hot:
-            choice = self.hot_policy.choose(self.window)
-            if choice != self.hot and (choice is None or choice in self.pool.adapters):
-                self.set_hot_adapter(choice)
+        if self.merger is None or not self.config.auto_hot:
+            return
+        choice = self.hot_policy.choose(self.window)
+        # Follow changes of the policy's choice only, so a manual set_hot_adapter stands until the policy moves;
+        # an adapter whose slot cannot be had now (every slot pinned) is merged on a later step instead.
+        if choice == self._policy_choice or choice == self.hot:
+            self._policy_choice = choice
+            return
+        if choice is None or (choice in self.pool.adapters and self.pool.can_acquire(choice)):
+            self.set_hot_adapter(choice)
+            self._policy_choice = choice
 
     # ---- requests --------------------------------------------------------------------------------------
 
@@ -224,9 +239,9 @@ class LLMEngine:
 
     def _postprocess(self, scheduled: list[ScheduledSeq], logits: torch.Tensor) -> list[RequestOutput]:
         sampling = [s for s in scheduled if s.samples]
-        for s in scheduled:
-            s.seq.num_computed += s.num_new
         tokens, logprobs = sample(logits, [s.seq.params for s in sampling], [s.seq.generator for s in sampling])
+        for s in scheduled:  # only once sampling succeeded: a failed step leaves every sequence as it was
+            s.seq.num_computed += s.num_new
         outputs = []
         for s, token, logprob in zip(sampling, tokens, logprobs):
             reason = self.processor.append(s.seq, token, logprob)
@@ -247,7 +262,16 @@ class LLMEngine:
         n = len(prompts)
         adapters = adapters if isinstance(adapters, (list, tuple)) else [adapters] * n
         params = params if isinstance(params, (list, tuple)) else [params or SamplingParams()] * n
-        ids = [self.add_request(p, a, sp) for p, a, sp in zip(prompts, adapters, params)]
+        if not len(adapters) == len(params) == n:
+            raise RequestError(f"{n} prompts but {len(adapters)} adapters and {len(params)} sampling params")
+        ids: list[str] = []
+        try:
+            for prompt, adapter, sp in zip(prompts, adapters, params):
+                ids.append(self.add_request(prompt, adapter, sp))
+        except FairLoRAError:
+            for request_id in ids:  # all or nothing: no half-submitted batch stays queued
+                self.abort(request_id)
+            raise
         final: dict[str, RequestOutput] = {}
         while self.has_unfinished():
             final.update((o.request_id, o) for o in self.step() if o.finished)
