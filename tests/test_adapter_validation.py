@@ -77,6 +77,28 @@ def bad_config_json(d: Path) -> None:
     (d / CONFIG).write_text("{ r: 8,")
 
 
+def huge_alpha(d: Path) -> None:
+    config = json.loads((d / CONFIG).read_text())
+    config["lora_alpha"] = 1e38
+    (d / CONFIG).write_text(json.dumps(config))
+
+
+def duplicate_key(d: Path) -> None:
+    def change(t):
+        key = next(k for k in t if "lora_A" in k)
+        t[key.replace("lora_A.weight", "lora_A.default.weight")] = t[key].clone()
+
+    edit_weights(d, change)
+
+
+def overflows_engine_dtype(d: Path) -> None:
+    def change(t):
+        key = next(iter(t))
+        t[key] = t[key].double() * 1e300  # finite in float64, infinite in the engine's float32
+
+    edit_weights(d, change)
+
+
 BAD_ADAPTERS = {
     "truncated-safetensors": (truncated, AdapterFormatError, "safetensors"),
     "corrupt-safetensors": (corrupt, AdapterFormatError, "safetensors"),
@@ -86,6 +108,9 @@ BAD_ADAPTERS = {
     "pickle-only": (pickle_only, AdapterFormatError, "pickle"),
     "nan-weights": (not_finite, AdapterFormatError, "NaN"),
     "bad-config-json": (bad_config_json, AdapterFormatError, "JSON"),
+    "huge-alpha": (huge_alpha, AdapterFormatError, "scaling"),
+    "duplicate-key": (duplicate_key, AdapterFormatError, "two lora_A"),
+    "float64-overflow": (overflows_engine_dtype, AdapterFormatError, "infinity"),
 }
 
 
@@ -138,6 +163,22 @@ def test_path_outside_adapter_roots_is_refused(engine, demo, tmp_path):
     with pytest.raises(AdapterPathError):
         engine.load_adapter("sneaky", Path(demo.adapters["adapter-0"]).parent / ".." / ".." / tmp_path.name)
     assert_unchanged(engine, before)
+
+
+def test_symlinked_weights_escaping_the_roots_are_refused(engine, demo, bad_root, tmp_path):
+    outside = copy_adapter(demo, tmp_path, "outside", source="adapter-2")
+    inside = copy_adapter(demo, bad_root, "symlinked", source="adapter-2")
+    (inside / WEIGHTS).unlink()
+    (inside / WEIGHTS).symlink_to(outside / WEIGHTS)
+    before = engine_state(engine)
+    with pytest.raises(AdapterPathError, match="outside the configured adapter roots"):
+        engine.load_adapter("symlinked", inside)
+    assert_unchanged(engine, before)
+
+
+def test_adapter_named_like_the_base_model_is_refused(engine, demo):
+    with pytest.raises(AdapterNameError, match="base model"):
+        engine.load_adapter(engine.base_model_name, demo.adapters["adapter-0"])
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "..", "../up", "a\\b", "x" * 200, " spaced"])

@@ -1,7 +1,9 @@
 """Requests come and go: aborts, preemption and finishing return every KV block and every adapter pin."""
 import random
 
-from fair_lora import SamplingParams
+import pytest
+
+from fair_lora import AdapterInUseError, RequestError, SamplingParams
 from tests.engine_helpers import make_engine
 
 
@@ -71,3 +73,41 @@ def test_incremental_outputs_add_up_to_the_final_one(demo):
             last = out
     assert last.finished and last.finish_reason == "length" and pieces == last.token_ids and len(pieces) == 7
     assert last.times.arrival <= last.times.first_token <= last.times.finish
+
+
+def test_unload_is_refused_while_waiting_requests_use_the_adapter(demo):
+    engine = make_engine(demo, max_num_seqs=1)
+    ids = [engine.add_request("first", "adapter-1"), engine.add_request("queued", "adapter-2")]
+    engine.step()  # adapter-2's request is still waiting: it holds no slot pin, but it needs the adapter
+    with pytest.raises(AdapterInUseError, match="unfinished requests"):
+        engine.unload_adapter("adapter-2")
+    finished = {o.request_id for _ in range(200) if engine.has_unfinished() for o in engine.step() if o.finished}
+    assert finished == set(ids)
+    engine.unload_adapter("adapter-2")
+    assert "adapter-2" not in engine.adapters()
+
+
+def test_tiny_temperature_is_greedy_and_cannot_wedge_the_engine(demo):
+    engine = make_engine(demo)
+    greedy = engine.generate(["abc"], ["adapter-0"], SamplingParams(max_tokens=5, ignore_eos=True))[0]
+    tiny = engine.generate(["abc"], ["adapter-0"], SamplingParams(max_tokens=5, temperature=1e-40, ignore_eos=True))[0]
+    assert tiny.token_ids == greedy.token_ids
+
+
+def test_manual_hot_adapter_stands_until_the_policy_moves(demo):
+    engine = make_engine(demo, auto_hot=True)
+    engine.set_hot_adapter("adapter-3")
+    engine.generate(["x"], [None], SamplingParams(max_tokens=3))  # too few requests for the policy to choose
+    assert engine.hot_adapter == "adapter-3"
+
+
+def test_bad_engine_settings_are_refused(demo):
+    with pytest.raises(ValueError, match="max_adapter_slots >= 2"):
+        make_engine(demo, max_adapter_slots=1)
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        make_engine(demo, max_lora_rank=256)
+    engine = make_engine(demo)
+    with pytest.raises(RequestError, match="2 prompts but 1 adapters"):
+        engine.generate(["a", "b"], ["adapter-0"])
+    with pytest.raises(RequestError, match="seed"):
+        SamplingParams(seed=2**70)

@@ -40,3 +40,18 @@ def test_pickle_only_model_is_refused(tmp_path, demo):
 
     with pytest.raises(ModelFormatError, match="pickle"):
         load_model(tmp_path, torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("setting", [{"mlp_bias": True}, {"attention_bias": True}, {"hidden_act": "gelu"}])
+def test_config_features_the_decoder_lacks_are_refused(tmp_path, demo, setting):
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(demo.model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, **setting}))
+    from fair_lora.models.loader import read_config
+
+    with pytest.raises(ModelFormatError, match=next(iter(setting))):
+        read_config(model)

@@ -17,7 +17,14 @@ from fair_lora.engine.policy import make_policy
 from fair_lora.engine.scheduler import ScheduledSeq, Scheduler
 from fair_lora.engine.sequence import Sequence
 from fair_lora.engine.step_stats import StepStats
-from fair_lora.errors import AdapterFormatError, AdapterInUseError, FairLoRAError, QueueFullError, RequestError
+from fair_lora.errors import (
+    AdapterFormatError,
+    AdapterInUseError,
+    AdapterNameError,
+    FairLoRAError,
+    QueueFullError,
+    RequestError,
+)
 from fair_lora.layers.sampler import sample
 from fair_lora.lora.adapter import LoRAAdapter, check_name, load_adapter
 from fair_lora.lora.adapter_pool import AdapterPool
@@ -96,17 +103,24 @@ class LLMEngine:
 
     def add_adapter(self, adapter: LoRAAdapter) -> None:
         """Register an adapter built in memory (benchmarks); its weights must fit the base model's shapes."""
-        check_name(adapter.name)
+        self._check_new_name(adapter.name)
         for path, (a, b) in adapter.weights.items():
-            if path not in self.shapes or (a.shape[1], b.shape[0]) != self.shapes[path] or a.shape[0] > self.config.max_lora_rank:
+            fits = path in self.shapes and (a.shape[1], b.shape[0]) == self.shapes[path]
+            if not fits or not a.shape[0] == b.shape[1] == adapter.rank <= self.config.max_lora_rank:
                 raise AdapterFormatError(f"in-memory adapter {adapter.name!r}: {path} does not fit the base model")
         self.pool.add(adapter)
 
     def load_adapter(self, name: str, path: str | Path) -> None:
+        self._check_new_name(name)
         adapter = load_adapter(
             name, path, self.adapter_roots, self.shapes, self.config.max_lora_rank, self.config.torch_dtype
         )
         self.pool.add(adapter)
+
+    def _check_new_name(self, name: str) -> None:
+        check_name(name)
+        if name == self.base_model_name:
+            raise AdapterNameError(f"adapter name {name!r} is the base model's name; requests could not tell them apart")
 
     def requests_using(self, name: str) -> list[str]:
         """Unfinished requests (waiting, preempted or running) of adapter `name`."""
@@ -178,8 +192,8 @@ class LLMEngine:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are waiting (max_waiting); retry later")
         if not prompt:
             raise RequestError("the prompt is empty")
-        if isinstance(prompt, str) and self.tokenizer is None:
-            raise RequestError("this engine has no tokenizer; pass prompt token ids")
+        if self.tokenizer is None and (isinstance(prompt, str) or params.stop):
+            raise RequestError("this engine has no tokenizer: pass prompt token ids, and no stop strings")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self._check_prompt(ids, params)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"

@@ -23,7 +23,10 @@ ACCEPTED_OPTIONS = {
     "bias": ("none", None),
     "rank_pattern": ({}, None),
     "alpha_pattern": ({}, None),
+    "layer_replication": (None, []),
 }
+MAX_SCALING = 1000.0  # far above any trained adapter's alpha / r; beyond it a merge would swamp the base weights
+DTYPES = {"F64", "F32", "F16", "BF16"}
 
 
 @dataclass
@@ -80,20 +83,66 @@ def read_adapter_config(directory: Path, max_rank: int) -> tuple[int, float]:
         raise AdapterFormatError(f"{config_path}: r={rank!r} must be an integer in [1, {max_rank}] (max_lora_rank)")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
         raise AdapterFormatError(f"{config_path}: lora_alpha={alpha!r} must be a finite number")
-    return rank, alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    scaling = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    if abs(scaling) > MAX_SCALING:
+        raise AdapterFormatError(f"{config_path}: lora_alpha={alpha} gives a scaling of {scaling:g}, above {MAX_SCALING:g}")
+    return rank, scaling
 
 
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def check_file(path: Path, roots: list[Path]) -> Path:
+    """A file inside an accepted directory may still be a symlink to anywhere: resolve and check it too."""
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+        raise AdapterPathError(f"{path} resolves to {resolved}, outside the configured adapter roots")
+    return resolved
+
+
+def read_weights(
+    directory: Path, roots: list[Path], rank: int, shapes: dict[str, tuple[int, int]]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """module path -> {"A": [r, H_in], "B": [H_out, r]}; names, dtypes and shapes are checked from the header
+    before any tensor is read, so a hostile file cannot make us allocate what it declares."""
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         pickles = [p for p in PICKLE_FILES if (directory / p).exists()]
         why = f"only pickle weights {pickles}, which are refused" if pickles else f"no {WEIGHTS_FILE}"
         raise AdapterFormatError(f"{directory}: {why}; save the adapter with safe_serialization=True")
+    check_file(weights_path, roots)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     try:
         with safe_open(str(weights_path), framework="pt", device="cpu") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}
+            for key in f.keys():
+                header = f.get_slice(key)
+                module, part = _expected(weights_path, key, header.get_dtype(), tuple(header.get_shape()), rank, shapes)
+                if part in parts.setdefault(module, {}):
+                    raise AdapterFormatError(f"{weights_path}: {module} has two lora_{part} tensors")
+                parts[module][part] = f.get_tensor(key)
+    except AdapterFormatError:
+        raise
     except Exception as e:  # truncated or corrupt files raise SafetensorError, OSError or ValueError
         raise AdapterFormatError(f"{weights_path}: not a readable safetensors file ({e})") from e
+    return parts
+
+
+def _expected(
+    path: Path, key: str, dtype: str, shape: tuple[int, ...], rank: int, shapes: dict[str, tuple[int, int]]
+) -> tuple[str, str]:
+    match = KEY_PATTERN.fullmatch(key)
+    if match is None:
+        raise AdapterFormatError(f"{path}: tensor {key!r} is not a LoRA A/B weight")
+    module, part = match["module"], match["part"]
+    if module not in shapes or module.rsplit(".", 1)[-1] not in TARGETS:
+        raise AdapterFormatError(f"{path}: {key!r} targets unknown module {module!r}; supported: {', '.join(TARGETS)}")
+    if dtype not in DTYPES:
+        raise AdapterFormatError(f"{path}: {key!r} has dtype {dtype}; use float32, float16 or bfloat16")
+    h_in, h_out = shapes[module]
+    want = (rank, h_in) if part == "A" else (h_out, rank)
+    if shape != want:
+        raise AdapterFormatError(
+            f"{path}: {module} lora_{part} is {shape} but must be {want} (r from adapter_config.json, sizes from the"
+            " base model)"
+        )
+    return module, part
 
 
 def load_adapter(
@@ -107,40 +156,23 @@ def load_adapter(
     """shapes: module path -> (H_in, H_out) of every projection an adapter may target."""
     name = check_name(name)
     directory = check_path(path, roots)
+    check_file(directory / CONFIG_FILE, roots)
     rank, scaling = read_adapter_config(directory, max_rank)
-    tensors = read_weights(directory)
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        match = KEY_PATTERN.fullmatch(key)
-        if match is None:
-            raise AdapterFormatError(f"{directory / WEIGHTS_FILE}: tensor {key!r} is not a LoRA A/B weight")
-        module = match["module"]
-        if module not in shapes or module.rsplit(".", 1)[-1] not in TARGETS:
-            raise AdapterFormatError(
-                f"{directory / WEIGHTS_FILE}: {key!r} targets unknown module {module!r}; supported: {', '.join(TARGETS)}"
-            )
-        parts.setdefault(module, {})[match["part"]] = tensor
+    parts = read_weights(directory, roots, rank, shapes)
     if not parts:
         raise AdapterFormatError(f"{directory / WEIGHTS_FILE}: holds no LoRA weights")
-    weights = {m: _checked_pair(directory, m, p, rank, shapes[m], dtype) for m, p in parts.items()}
+    weights = {m: _checked_pair(directory, m, p, dtype) for m, p in parts.items()}
     return LoRAAdapter(name=name, path=directory, rank=rank, scaling=scaling, weights=weights)
 
 
 def _checked_pair(
-    directory: Path, module: str, part: dict[str, torch.Tensor], rank: int, shape: tuple[int, int], dtype: torch.dtype
+    directory: Path, module: str, part: dict[str, torch.Tensor], dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     where = f"{directory / WEIGHTS_FILE}: {module}"
     if set(part) != {"A", "B"}:
         raise AdapterFormatError(f"{where}: needs both lora_A and lora_B")
-    a, b = part["A"], part["B"]
-    h_in, h_out = shape
-    if tuple(a.shape) != (rank, h_in) or tuple(b.shape) != (h_out, rank):
-        raise AdapterFormatError(
-            f"{where}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} must be {(rank, h_in)} and {(h_out, rank)}"
-            " (r from adapter_config.json, sizes from the base model)"
-        )
-    if not a.is_floating_point() or not b.is_floating_point():
-        raise AdapterFormatError(f"{where}: weights must be floating point")
+    # Cast first: a finite float64 (or float32 above 65504 for a float16 model) can become infinite.
+    a, b = part["A"].to(dtype).contiguous(), part["B"].to(dtype).contiguous()
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        raise AdapterFormatError(f"{where}: weights contain NaN or infinity")
-    return a.to(dtype).contiguous(), b.to(dtype).contiguous()
+        raise AdapterFormatError(f"{where}: weights contain NaN or infinity (in the engine's {dtype})")
+    return a, b

@@ -22,7 +22,22 @@ def read_config(model_dir: Path) -> PretrainedConfig:
         raise ModelFormatError(
             f"{model_dir}/config.json: model_type {config.model_type!r} is not supported; use one of {sorted(SUPPORTED)}"
         )
+    unsupported = {
+        "attention_bias": getattr(config, "attention_bias", False),
+        "mlp_bias": getattr(config, "mlp_bias", False),
+        "hidden_act": getattr(config, "hidden_act", "silu") != "silu",
+    }
+    for key, present in unsupported.items():
+        if present:
+            raise ModelFormatError(f"{model_dir}/config.json: {key}={getattr(config, key)!r} is not supported")
     return config
+
+
+def context_limit(config: PretrainedConfig) -> int:
+    """Full attention equals sliding-window attention up to the window, so a windowed model is served up to it."""
+    window = getattr(config, "sliding_window", None)
+    in_effect = window is not None and getattr(config, "use_sliding_window", True)
+    return min(config.max_position_embeddings, window) if in_effect else config.max_position_embeddings
 
 
 def model_args(config: PretrainedConfig) -> ModelArgs:
@@ -35,7 +50,7 @@ def model_args(config: PretrainedConfig) -> ModelArgs:
         num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
         head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
         rms_norm_eps=config.rms_norm_eps,
-        max_position_embeddings=config.max_position_embeddings,
+        max_position_embeddings=context_limit(config),
         qkv_bias=SUPPORTED[config.model_type],
         tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
     )
@@ -87,9 +102,12 @@ def load_model(
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for name in f.keys():
-                    if name in params:
-                        _assign(model, name, f.get_tensor(name).to(dtype=dtype, device=device))
-                        loaded.add(name)
+                    if name.endswith("rotary_emb.inv_freq"):  # a buffer old checkpoints saved; recomputed here
+                        continue
+                    if name not in params:
+                        raise ModelFormatError(f"{path}: unexpected tensor {name!r} for a {config.model_type} model")
+                    _assign(model, name, f.get_tensor(name).to(dtype=dtype, device=device))
+                    loaded.add(name)
         except Exception as e:  # safetensors raises several types for truncated or corrupt files
             if isinstance(e, ModelFormatError):
                 raise
