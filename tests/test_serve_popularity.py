@@ -2,7 +2,6 @@
 and the adapter's requests are routed there; a traffic shift moves the assignment without a switch storm;
 every output stays equal to the offline engine's."""
 import re
-import time
 
 import pytest
 
@@ -62,9 +61,17 @@ def hot_workers(app, adapter: str) -> list[dict]:
     return [w for w in app.stats()["workers"] if w["hot_adapter"] == adapter]
 
 
-def wait_for_router(app) -> None:
-    """The router sees a worker's new hot adapter within a routing-stats period; give it a few."""
-    time.sleep(app.args["routing"]["stats_period_s"] * 3)
+def wait_for_router(app, adapter: str, timeout: float = 30) -> None:
+    """The router sees a worker's new hot adapter within a routing-stats period, but on a loaded machine that
+    can take longer: send probe requests for `adapter` until one lands on a worker that has it merged."""
+
+    def probe() -> bool:
+        body = {"prompt": PROMPTS[0], "adapter": adapter, "max_tokens": 1}
+        reply = send_all(app.url, "/generate", [body], concurrency=1)[0]
+        assert reply.status == 200, reply.body
+        return reply.headers["x-fair-lora-hot-adapter"] == adapter
+
+    wait_for(probe, timeout=timeout, what=f"the router to send {adapter} requests to its hot worker")
 
 
 def assert_routed_to_hot_workers(replies, bodies, adapter: str) -> None:
@@ -79,7 +86,7 @@ def test_skewed_traffic_merges_the_popular_adapter_and_routes_its_requests_there
     stats = app.stats()
     assert stats["popularity"]["plan"].count(FIRST) == 1, stats["popularity"]
     hot_rank = hot_workers(app, FIRST)[0]["worker"]
-    wait_for_router(app)
+    wait_for_router(app, FIRST)
     bodies = skewed(FIRST, 14)
     replies = run(app, expected, bodies)
     assert_routed_to_hot_workers(replies, bodies, FIRST)
@@ -92,7 +99,7 @@ def test_skewed_traffic_merges_the_popular_adapter_and_routes_its_requests_there
 def test_traffic_shift_moves_the_assignment_without_a_switch_storm(app, expected):
     run(app, expected, skewed(SECOND, 40))
     wait_for(lambda: hot_workers(app, SECOND) and not hot_workers(app, FIRST), timeout=30, what=f"{SECOND} to replace {FIRST}")
-    wait_for_router(app)
+    wait_for_router(app, SECOND)
     bodies = skewed(SECOND, 14)
     assert_routed_to_hot_workers(run(app, expected, bodies), bodies, SECOND)
     histories = [[s["to"] for s in w["switch_history"]] for w in app.stats()["workers"]]
