@@ -32,6 +32,7 @@ class EngineLoop:
         self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.error: BaseException | None = None
+        self.aborted = 0  # requests the engine dropped unfinished on abort(): written by the engine thread only
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="fair-lora-engine", daemon=True)
         self._thread.start()
@@ -69,7 +70,8 @@ class EngineLoop:
 
         def abort() -> None:
             self._streams.pop(request_id, None)
-            self.engine.abort(request_id)
+            if self.engine.abort(request_id):  # False: it had finished (or was never added)
+                self.aborted += 1
 
         if self.alive:
             loop = asyncio.get_running_loop()

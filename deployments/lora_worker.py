@@ -31,7 +31,6 @@ class LoRAWorker:
         self.metrics.set_hot(None)
         self.requests: Counter[str] = Counter()  # by adapter tag
         self.hot_requests: Counter[str] = Counter()  # of those, admitted while their adapter was merged here
-        self.aborted = 0  # requests whose client went away before they finished
         self.max_batch_size = 0
         self.max_adapters_per_step = 0  # distinct adapters (base counts as one) that got a token in one step
         self.switch_history: list[dict] = []
@@ -69,7 +68,6 @@ class LoRAWorker:
                 yield delta
         finally:
             if not finished:  # the client went away (or the ingress was cancelled): free the KV blocks now
-                self.aborted += 1
                 self.loop.abort(request.request_id)
 
     def _admit(self, request: GenerateRequest) -> Admitted:
@@ -193,7 +191,7 @@ class LoRAWorker:
             "adapters": adapters,
             "max_model_len": self.engine.max_model_len,
             "last_batch_size": self.engine.last_step.num_seqs,
-            "aborted": self.aborted,
+            "aborted": self.loop.aborted,
             "max_batch_size": self.max_batch_size,
             "max_adapters_per_step": self.max_adapters_per_step,
             "requests": dict(self.requests),
