@@ -55,15 +55,28 @@ class EngineLoop:
 
         Returns the queue that receives the request's RequestOutputs (or an EngineLoopDead if the engine
         dies), and what `add()` returned."""
-        outputs: asyncio.Queue = asyncio.Queue()
+        return (await self.add_requests([(request_id, add)]))[0]
+
+    async def add_requests(self, adds: list[tuple[str, Callable[[], Any]]]) -> list[tuple[asyncio.Queue, Any]]:
+        """add_request for several requests in one command, so they all enter the engine before its next step.
+        All or nothing: if one `add()` raises, the ones before it are aborted and the error is raised."""
         loop = asyncio.get_running_loop()
+        queues: list[asyncio.Queue] = [asyncio.Queue() for _ in adds]
 
-        def admit() -> Any:
-            result = add()
-            self._streams[request_id] = (loop, outputs)
-            return result
+        def admit() -> list[Any]:
+            results = []
+            try:
+                for (request_id, add), outputs in zip(adds, queues):
+                    results.append(add())
+                    self._streams[request_id] = (loop, outputs)
+            except BaseException:
+                for request_id, _ in adds[: len(results)]:
+                    self._streams.pop(request_id, None)
+                    self.engine.abort(request_id)
+                raise
+            return results
 
-        return outputs, await self.call(admit)
+        return list(zip(queues, await self.call(admit)))
 
     def abort(self, request_id: str) -> None:
         """Fire and forget: queued after the request's own add, so it always finds it (or finds it finished)."""

@@ -35,7 +35,14 @@ def test_concurrent_requests_share_steps_and_match_generate(engine):
     async def run():
         loop = EngineLoop(engine, lambda outputs: batch_sizes.append(engine.last_step.num_seqs))
         try:
-            queues = [(await _add(loop, engine, f"c{i}", a, 8))[0] for i, a in enumerate(adapters)]
+            params = SamplingParams(max_tokens=8, ignore_eos=True)
+
+            def adder(request_id: str, adapter: str | None):
+                return lambda: engine.add_request("loop test", adapter, params, request_id)
+
+            # One command: all four enter the engine before its first step, however the threads interleave.
+            added = await loop.add_requests([(f"c{i}", adder(f"c{i}", a)) for i, a in enumerate(adapters)])
+            queues = [outputs for outputs, _ in added]
             return await asyncio.gather(*(_finish(q) for q in queues))
         finally:
             loop.stop()
