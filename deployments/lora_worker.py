@@ -33,6 +33,8 @@ class LoRAWorker:
         self.hot_requests: Counter[str] = Counter()  # of those, admitted while their adapter was merged here
         self.max_batch_size = 0
         self.max_adapters_per_step = 0  # distinct adapters (base counts as one) that got a token in one step
+        self.batched_steps = 0  # steps that ran more than one request (compare two reads to see a burst batch)
+        self.multi_adapter_steps = 0  # steps that gave tokens to more than one adapter
         self.switch_history: list[dict] = []
         self.runtime_adapters: dict[str, str] = {}  # loaded over HTTP (or caught up from the actor)
         # Written by the engine thread after each step and switch; read by routing without waiting for a step.
@@ -92,7 +94,10 @@ class LoRAWorker:
         self.metrics.step(stats, waiting, running)
         self.routing_state = {"hot_adapter": self.engine.hot_adapter, "queue": waiting + running, "rank": self.rank}
         self.max_batch_size = max(self.max_batch_size, stats.num_seqs)
-        self.max_adapters_per_step = max(self.max_adapters_per_step, len({o.adapter for o in outputs}))
+        adapters = len({o.adapter for o in outputs})
+        self.max_adapters_per_step = max(self.max_adapters_per_step, adapters)
+        self.batched_steps += stats.num_seqs > 1
+        self.multi_adapter_steps += adapters > 1
         self.metrics.outputs(outputs)
 
     # ---- adapters -----------------------------------------------------------------------------------
@@ -194,6 +199,8 @@ class LoRAWorker:
             "aborted": self.loop.aborted,
             "max_batch_size": self.max_batch_size,
             "max_adapters_per_step": self.max_adapters_per_step,
+            "batched_steps": self.batched_steps,
+            "multi_adapter_steps": self.multi_adapter_steps,
             "requests": dict(self.requests),
             "hot_requests": dict(self.hot_requests),
             "switch_history": list(self.switch_history),
