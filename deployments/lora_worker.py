@@ -61,6 +61,9 @@ class LoRAWorker:
         except FairLoRAError as error:
             yield Rejected(error)
             return
+        except asyncio.CancelledError:  # the add is queued (maybe done already): abort runs after it, in order
+            self.loop.abort(request.request_id)
+            raise
         finished = False
         try:
             yield admitted
