@@ -16,6 +16,7 @@ from deployments.prompt_render import render_prompt
 from deployments.worker_metrics import WorkerMetrics, adapter_tag
 from deployments.worker_protocol import Admitted, Assignment, Delta, GenerateRequest, Rejected, WorkerReport
 from fair_lora import FairLoRAError, LLMEngine, RequestOutput, SamplingParams
+from fair_lora.errors import RequestError
 
 logger = logging.getLogger("ray.serve")
 
@@ -81,7 +82,10 @@ class LoRAWorker:
         max_tokens = request.max_tokens
         if max_tokens is None:
             max_tokens = max(self.engine.max_model_len - len(prompt), 1)
-        params = SamplingParams(max_tokens=max_tokens, **request.sampling)
+        try:
+            params = SamplingParams(max_tokens=max_tokens, **request.sampling)
+        except (ValueError, TypeError) as error:  # the user's values: a 400, not a failed worker
+            raise RequestError(f"invalid sampling parameters: {error}") from error
         self.engine.add_request(prompt, request.adapter, params, request.request_id)
         hot = self.engine.hot_adapter
         tag = adapter_tag(request.adapter)

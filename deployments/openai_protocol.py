@@ -23,7 +23,7 @@ class _Sampling(_Body):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)  # the engine's range: out of it is a 400 here, at the edge
     stop: str | list[str] | None = None
     ignore_eos: bool = False
     n: int = 1
@@ -117,7 +117,7 @@ class GenerateBody(_Body):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=-1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)  # the engine's range: out of it is a 400 here, at the edge
     stop: list[str] = Field(default_factory=list)
     ignore_eos: bool = False
     logprobs: bool = False
