@@ -33,6 +33,7 @@ class EngineLoop:
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.error: BaseException | None = None
         self.aborted = 0  # requests the engine dropped unfinished on abort(): written by the engine thread only
+        self._lock = threading.Lock()  # orders _put's check-and-put against _fail_all's set-error-and-drain
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="fair-lora-engine", daemon=True)
         self._thread.start()
@@ -43,12 +44,20 @@ class EngineLoop:
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn()` on the engine thread between two steps and return its result (or raise its error)."""
-        if not self.alive:
-            raise EngineLoopDead(f"the engine thread has stopped: {self.error!r}")
         loop = asyncio.get_running_loop()
         command = _Command(fn, loop, loop.create_future())
-        self._commands.put(command)
+        if not self._put(command):
+            raise EngineLoopDead(f"the engine thread has stopped: {self.error!r}")
         return await command.future
+
+    def _put(self, command: "_Command | None") -> bool:
+        """Queue a command unless the thread has died. One lock with _fail_all's set-error-and-drain: a command
+        is either queued before the drain (and failed by it) or refused here, never left unresolved."""
+        with self._lock:
+            if not self.alive:
+                return False
+            self._commands.put(command)
+            return True
 
     async def add_request(self, request_id: str, add: Callable[[], Any]) -> tuple[asyncio.Queue, Any]:
         """Run `add()` (which calls engine.add_request(..., request_id=request_id)) on the engine thread.
@@ -86,9 +95,8 @@ class EngineLoop:
             if self.engine.abort(request_id):  # False: it had finished (or was never added)
                 self.aborted += 1
 
-        if self.alive:
-            loop = asyncio.get_running_loop()
-            self._commands.put(_Command(abort, loop, loop.create_future()))
+        loop = asyncio.get_running_loop()
+        self._put(_Command(abort, loop, loop.create_future()))
 
     def stop(self) -> None:
         self._stopping = True
@@ -104,8 +112,9 @@ class EngineLoop:
                     self._publish(outputs)
                     self._observe(outputs)
         except BaseException as error:  # the engine's state is unknown now: fail everything, report unhealthy
-            self.error = error
-            self._fail_all(error)
+            with self._lock:
+                self.error = error
+                self._fail_all(error)
 
     def _observe(self, outputs: list[RequestOutput]) -> None:
         try:
