@@ -194,24 +194,27 @@ class LoRAWorker:
         return dict(self.routing_state)
 
     async def describe(self) -> dict:
-        state = await self.loop.call(self.engine.stats)
-        adapters = await self.loop.call(self.engine.adapters)
+        def snapshot() -> dict:  # on the engine thread, between steps: it mutates these
+            return {
+                **self.engine.stats(),
+                "adapters": self.engine.adapters(),
+                "max_model_len": self.engine.max_model_len,
+                "last_batch_size": self.engine.last_step.num_seqs,
+                "aborted": self.loop.aborted,
+                "max_batch_size": self.max_batch_size,
+                "max_adapters_per_step": self.max_adapters_per_step,
+                "batched_steps": self.batched_steps,
+                "multi_adapter_steps": self.multi_adapter_steps,
+                "requests": dict(self.requests),
+                "hot_requests": dict(self.hot_requests),
+                "switch_history": list(self.switch_history),
+            }
+
         return {
-            **state,
+            **await self.loop.call(snapshot),
             "worker": self.rank,
             "replica": serve.get_replica_context().replica_tag,
-            "adapters": adapters,
-            "max_model_len": self.engine.max_model_len,
-            "last_batch_size": self.engine.last_step.num_seqs,
-            "aborted": self.loop.aborted,
-            "max_batch_size": self.max_batch_size,
-            "max_adapters_per_step": self.max_adapters_per_step,
-            "batched_steps": self.batched_steps,
-            "multi_adapter_steps": self.multi_adapter_steps,
-            "requests": dict(self.requests),
-            "hot_requests": dict(self.hot_requests),
-            "switch_history": list(self.switch_history),
-            "runtime_adapters": dict(self.runtime_adapters),
+            "runtime_adapters": dict(self.runtime_adapters),  # written on this event loop, not the engine thread
             "popularity_actor_reachable": self.link.available,
         }
 
