@@ -3,7 +3,7 @@ the popularity actor's plan and reports it (and its queue) to the router through
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 
 import torch
@@ -19,6 +19,7 @@ from fair_lora import FairLoRAError, LLMEngine, RequestOutput, SamplingParams
 from fair_lora.errors import RequestError
 
 logger = logging.getLogger("ray.serve")
+SWITCH_HISTORY = 100  # the most recent hot-adapter switches /stats shows
 
 
 class LoRAWorker:
@@ -36,7 +37,7 @@ class LoRAWorker:
         self.max_adapters_per_step = 0  # distinct adapters (base counts as one) that got a token in one step
         self.batched_steps = 0  # steps that ran more than one request (compare two reads to see a burst batch)
         self.multi_adapter_steps = 0  # steps that gave tokens to more than one adapter
-        self.switch_history: list[dict] = []
+        self.switch_history: deque[dict] = deque(maxlen=SWITCH_HISTORY)
         self.runtime_adapters: dict[str, str] = {}  # loaded over HTTP (or caught up from the actor)
         # Written by the engine thread after each step and switch; read by routing without waiting for a step.
         self.routing_state: dict = {"hot_adapter": None, "queue": 0, "rank": self.rank}
