@@ -39,6 +39,10 @@ class ReplicaArgs(_Strict):
     num_cpus: float = Field(0.1, ge=0.0)  # fractional on CPU machines: three 1-CPU replicas never fit on 2 cores
     num_gpus: float = Field(0.0, ge=0.0)
     max_ongoing_requests: PositiveInt | None = None  # None: derived (workers: batch + queue; ingress: 1024)
+    # Requests the callers (the HTTP proxy, the ingress) may queue for these replicas beyond max_ongoing_requests;
+    # past it they get 503 (proxy) / 429 (ingress) at once instead of waiting in an unbounded queue.
+    # None: derived (workers: max_waiting; ingress: 1024).
+    max_queued_requests: PositiveInt | None = None
 
 
 class RoutingArgs(_Strict):
@@ -109,5 +113,13 @@ class AppArgs(_Strict):
         return self.workers.max_ongoing_requests or self.max_num_seqs + self.max_waiting + 1
 
     @property
+    def worker_max_queued(self) -> int:
+        return self.workers.max_queued_requests or self.max_waiting
+
+    @property
     def ingress_max_ongoing(self) -> int:
         return self.ingress.max_ongoing_requests or 1024
+
+    @property
+    def ingress_max_queued(self) -> int:
+        return self.ingress.max_queued_requests or 1024

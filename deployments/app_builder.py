@@ -37,7 +37,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         num_replicas=app_args.workers.num_replicas,
         ray_actor_options={"num_cpus": app_args.workers.num_cpus, "num_gpus": app_args.workers.num_gpus},
         max_ongoing_requests=app_args.worker_max_ongoing,
-        max_queued_requests=app_args.max_waiting,
+        max_queued_requests=app_args.worker_max_queued,
         request_router_config=router,
         health_check_period_s=2.0,
         health_check_timeout_s=30.0,
@@ -47,5 +47,6 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         num_replicas=app_args.ingress.num_replicas,
         ray_actor_options={"num_cpus": app_args.ingress.num_cpus, "num_gpus": app_args.ingress.num_gpus},
         max_ongoing_requests=app_args.ingress_max_ongoing,
+        max_queued_requests=app_args.ingress_max_queued,  # bounds the proxy's queue in front of the ingress
     )
     return ingress.bind(app_args, workers.bind(app_args))

@@ -49,6 +49,16 @@ def test_bad_args_name_every_wrong_field():
         assert field in message, message
 
 
+def test_queued_request_limits_are_bounded_and_validated():
+    args = parse_args({})
+    assert args.ingress_max_queued == 1024 and args.worker_max_queued == args.max_waiting
+    assert parse_args({"ingress": {"max_queued_requests": 50}}).ingress_max_queued == 50
+    with pytest.raises(AppArgsError, match="ingress.max_queued_requests"):
+        parse_args({"ingress": {"max_queued_requests": 0}})
+    app = build_app({})
+    assert app._bound_deployment.max_queued_requests == 1024  # the ingress deployment: the proxy queues for it
+
+
 def test_cuda_without_gpus_is_refused():
     with pytest.raises(AppArgsError, match="num_gpus"):
         parse_args({"model": "/m", "device": "cuda"})
