@@ -16,7 +16,7 @@ from deployments.prompt_render import render_prompt
 from deployments.worker_metrics import WorkerMetrics, adapter_tag
 from deployments.worker_protocol import Admitted, Assignment, Delta, GenerateRequest, Rejected, WorkerReport
 from fair_lora import FairLoRAError, LLMEngine, RequestOutput, SamplingParams
-from fair_lora.errors import RequestError
+from fair_lora.errors import AdapterInUseError, RequestError
 
 logger = logging.getLogger("ray.serve")
 SWITCH_HISTORY = 100  # the most recent hot-adapter switches /stats shows
@@ -118,6 +118,19 @@ class LoRAWorker:
             return error
         self.runtime_adapters[name] = path
         return None
+
+    async def check_unload(self, name: str) -> FairLoRAError | None:
+        """The error unload_adapter would return now because requests use `name`; changes nothing."""
+
+        def check() -> FairLoRAError | None:
+            users = self.engine.requests_using(name)
+            if not users:
+                return None
+            return AdapterInUseError(
+                f"adapter {name!r} is used by {len(users)} unfinished requests on worker {self.rank}; unload it later"
+            )
+
+        return await self.loop.call(check)
 
     async def unload_adapter(self, name: str) -> FairLoRAError | None:
         def unload() -> None:

@@ -37,7 +37,12 @@ class WorkerFleet:
         return len(results)
 
     async def unload(self, name: str) -> int:
-        """Unload everywhere; a worker that no longer has it counts as done. Returns how many had it."""
+        """Unload everywhere; a worker that no longer has it counts as done. Returns how many had it.
+
+        Refused with nothing changed (409) while any worker has unfinished requests for it."""
+        busy = [r for r in await self._broadcast("check_unload", name) if r is not None]
+        if busy:
+            raise to_http_error(busy[0])
         await self.link.call("unregister_adapter", name)
         results = await self._broadcast("unload_adapter", name)
         missing = [r for r in results if isinstance(r, UnknownAdapterError)]

@@ -1,6 +1,10 @@
 """Every mistake a client can make gets its status code and a message in OpenAI's error shape, never a 500."""
+import asyncio
+
+import httpx
 import pytest
 
+from tests.serve_fixtures import offline, stream_completion
 
 pytestmark = pytest.mark.ray
 pytest_plugins = ["tests.serve_fixtures"]  # one Ray cluster and one config app for the session
@@ -62,6 +66,31 @@ def test_loading_an_adapter_twice_is_a_400_and_changes_nothing(config_app, offli
         _error(c.post("/v1/load_lora_adapter", json={"lora_name": "adapter-1", "lora_path": path}), 400, "already loaded")
         assert all("adapter-1" in w["adapters"] for w in config_app.stats()["workers"])
         assert c.post("/v1/completions", json={**OK, "model": "adapter-1"}).status_code == 200
+
+
+def test_unloading_an_adapter_with_unfinished_requests_is_a_409_and_changes_nothing(config_app, offline_engine):
+    path = str(offline_engine.model_dir.parent / "adapters" / "adapter-2")
+    bodies = [{"model": "busy-copy", "prompt": f"busy {i}", "max_tokens": 160, "temperature": 0, "ignore_eos": True} for i in range(6)]
+
+    async def run():
+        async with httpx.AsyncClient(base_url=config_app.url, timeout=120) as client:
+            started = asyncio.Event()
+            tasks = [asyncio.create_task(stream_completion(client, b, started)) for b in bodies]
+            await asyncio.wait_for(started.wait(), timeout=60)
+            refused = await client.post("/v1/unload_lora_adapter", json={"lora_name": "busy-copy"})
+            return refused, await asyncio.gather(*tasks)
+
+    with config_app.client() as c:
+        assert c.post("/v1/load_lora_adapter", json={"lora_name": "busy-copy", "lora_path": path}).status_code == 200
+        refused, results = asyncio.run(run())
+        _error(refused, 409, "busy-copy", "unfinished requests")
+        assert refused.json()["error"]["type"] == "ConflictError"
+        assert all("busy-copy" in w["adapters"] for w in config_app.stats()["workers"]), "a refused unload changed a worker"
+        for body, result in zip(bodies, results):
+            assert result.status == 200 and result.done and result.error is None, result
+            assert result.text == offline(offline_engine, body["prompt"], "adapter-2", 160).text
+        assert c.post("/v1/unload_lora_adapter", json={"lora_name": "busy-copy"}).status_code == 200
+        assert not any("busy-copy" in w["adapters"] for w in config_app.stats()["workers"])
 
 
 def test_the_server_is_healthy_after_all_of_it(config_app):
