@@ -25,11 +25,14 @@ pytest_plugins = ["tests.serve_fixtures"]
 BASE = "fair-lora-demo"
 QUEUE = 4  # max_waiting per worker
 ARGS = {"max_num_seqs": 4, "max_waiting": QUEUE, "routing": {"stats_period_s": 0.2, "flush_s": 0.05, "assignment_poll_s": 0.1}}
+# The ingress's handle holds requests it has not routed yet against max_queued_requests (default: max_waiting, 4):
+# six streams sent at once could get a 429 before reaching any worker. Room for them; the burst still overflows.
+WORKERS = {**serve_config_args()["workers"], "max_queued_requests": 16}
 
 
 @pytest.fixture(scope="module")
 def app(ray_cluster):
-    served = deploy(ray_cluster, "faults_app", {**serve_config_args(), **ARGS})
+    served = deploy(ray_cluster, "faults_app", {**serve_config_args(), **ARGS, "workers": WORKERS})
     yield served
     undeploy(served)
 
