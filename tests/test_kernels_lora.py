@@ -207,8 +207,6 @@ def test_batch_entries_sorted_by_slot_in_bounded_segments(pattern, num_tokens):
     assert starts[0] == 0 and starts[-1] == batch.num_entries and len(starts) == len(batch.seg_slot_host) + 1
     for g, s in enumerate(batch.seg_slot_host):
         assert starts[g] < starts[g + 1] and set(slot[starts[g]:starts[g + 1]]) == {s}
-    assert batch.max_seg_len == max((b - a for a, b in zip(starts, starts[1:])), default=0)
-    assert batch.seg_start.tolist() == list(starts) and batch.seg_slot.tolist() == list(batch.seg_slot_host)
 
 
 @pytest.mark.parametrize("num_tokens", [1, 7, 133, 600])

@@ -18,6 +18,7 @@ from fair_lora.layers.forward_batch import ForwardBatch
 from fair_lora.models.llama import LlamaForCausalLM
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+MAX_BATCH = BUCKETS[-1]
 
 
 @dataclass
@@ -45,7 +46,7 @@ class DecodeGraphs:
         self.query_start = torch.arange(b + 1, dtype=torch.int32, device=device)
         self.logits_rows = torch.arange(b, dtype=torch.int64, device=device)
         self.token_idx, self.scale = new(e, dtype=torch.int64), new(e, dtype=torch.float32)
-        self.pair, self.entry_slot = new(e), new(e)
+        self.pair = new(e)
         self.shrink_tiles, self.expand_tiles = new(max_tiles, 3), new(max_tiles, 3)
         self.hot_slot = new(1)
         self.graphs: dict[tuple[int, bool, bool], _Graph] = {}  # (batch size, corrected, hot merged)
@@ -83,7 +84,7 @@ class DecodeGraphs:
         self.hot_slot.copy_(lora.hot_slot_t)
         for static, real, pad in (
             (self.token_idx, lora.token_idx, 0), (self.scale, lora.scale, 0),
-            (self.pair, lora.pair, -1), (self.entry_slot, lora.entry_slot, 0),
+            (self.pair, lora.pair, -1),
         ):
             static[:e].copy_(real)
             static[e:].fill_(pad)
@@ -105,7 +106,7 @@ class DecodeGraphs:
             e = 2 * size
             lora = replace(
                 lora, num_tokens=size, token_idx=self.token_idx[:e], scale=self.scale[:e], pair=self.pair[:e],
-                entry_slot=self.entry_slot[:e], shrink_tiles=self.shrink_tiles, expand_tiles=self.expand_tiles,
+                shrink_tiles=self.shrink_tiles, expand_tiles=self.expand_tiles,
                 hot_slot_t=self.hot_slot,
             )
         else:

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from fair_lora.config import EngineConfig
 from fair_lora.engine.block_manager import BlockManager
-from fair_lora.engine.decode_graphs import DecodeGraphs
+from fair_lora.engine.decode_graphs import MAX_BATCH, DecodeGraphs
 from fair_lora.engine.model_runner import ModelRunner
 from fair_lora.engine.output_processor import OutputProcessor
 from fair_lora.engine.policy import make_policy
@@ -61,7 +61,7 @@ class LLMEngine:
         graphs = None
         if config.cuda_graphs and torch.device(config.device).type == "cuda":
             graphs = DecodeGraphs(
-                self.model, min(config.max_num_seqs, 256), self.blocks.blocks_for(self.max_model_len),
+                self.model, min(config.max_num_seqs, MAX_BATCH), self.blocks.blocks_for(self.max_model_len),
                 scratch_slot=num_blocks * config.block_size, num_slots=config.max_adapter_slots, device=config.device,
             )
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, config.torch_dtype, config.device, graphs)

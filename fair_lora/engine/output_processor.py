@@ -22,8 +22,11 @@ class OutputProcessor:
         p = seq.params
         if token in self.eos_ids and not p.ignore_eos:
             return "stop"
+        searched, seq.checked_chars = seq.checked_chars, len(seq.text)
         for stop in p.stop:
-            at = seq.text.find(stop)
+            # Only where new text could complete a stop string (searching all of it every token is O(n²)); a few
+            # characters more, since the last ones may change when an incomplete UTF-8 sequence completes.
+            at = seq.text.find(stop, max(0, searched - len(stop) - 4))
             if at != -1:
                 seq.text = seq.text[:at]  # like vLLM: the stop string itself is not returned
                 return "stop"

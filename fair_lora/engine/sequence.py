@@ -29,6 +29,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
     text: str = ""
+    checked_chars: int = 0  # characters of `text` already searched for stop strings
     num_emitted: int = 0  # output tokens already reported, for incremental outputs
     num_preemptions: int = 0
 

@@ -23,11 +23,8 @@ class LoRABatch:
     token_idx: torch.Tensor  # [E] int64, token row of each entry; entries sorted by slot
     scale: torch.Tensor  # [E] float32, signed scaling of each entry: +s_i own adapter, -s_h hot subtraction
     entry_slot: torch.Tensor  # [E] int32, pool slot of each entry
-    seg_start: torch.Tensor  # [G+1] int32, entries seg_start[g]:seg_start[g+1] all use slot seg_slot[g]
-    seg_slot: torch.Tensor  # [G] int32
-    seg_start_host: tuple[int, ...]  # host copies of seg_start / seg_slot: loop bounds without a device sync
-    seg_slot_host: tuple[int, ...]
-    max_seg_len: int  # longest segment
+    seg_start_host: tuple[int, ...]  # [G+1] entries seg_start[g]:seg_start[g+1] use slot seg_slot[g]; host
+    seg_slot_host: tuple[int, ...]  # [G]; the references loop over these; the kernels walk the tiles
     hot_slot: int | None  # the slot merged into the base weights
     hot_slot_t: torch.Tensor  # [1] int32 on the device, the same (0 when none), read by the expand kernel
     pair: torch.Tensor  # [E] int32, for an own-adapter entry: its token's hot-subtraction entry; else -1
@@ -74,23 +71,20 @@ def build_lora_batch(
     if hot_slot is not None:
         expand_ends[seg_slot == hot_slot] = seg_start[:-1][seg_slot == hot_slot] + num_base
     tables = [
-        slot, seg_start, seg_slot, _hot_pairs(idx, slot, len(slots), hot_slot), [hot_slot or 0],
+        slot, _hot_pairs(idx, slot, len(slots), hot_slot), [hot_slot or 0],
         _tiles(seg_start[:-1], seg_start[1:], seg_slot, tile_entries),
         _tiles(seg_start[:-1], expand_ends, seg_slot, tile_entries),
     ]
     flat = [np.asarray(t, dtype=np.int32).reshape(-1) for t in tables]
     packed = torch.from_numpy(np.concatenate(flat)).to(device)
-    entry_slot, seg_start_t, seg_slot_t, pair, hot_t, shrink, expand = packed.split([len(t) for t in flat])
+    entry_slot, pair, hot_t, shrink, expand = packed.split([len(t) for t in flat])
     return LoRABatch(
         num_tokens=len(slots),
         token_idx=torch.from_numpy(idx).to(device),
         scale=torch.from_numpy(scale).to(device),
         entry_slot=entry_slot,
-        seg_start=seg_start_t,
-        seg_slot=seg_slot_t,
         seg_start_host=tuple(seg_start.tolist()),
         seg_slot_host=tuple(seg_slot.tolist()),
-        max_seg_len=int(counts.max()) if len(counts) else 0,
         hot_slot=hot_slot,
         hot_slot_t=hot_t,
         pair=pair,

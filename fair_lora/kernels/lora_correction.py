@@ -3,10 +3,9 @@
 FAIR_LORA_TRITON=1 forces the Triton kernels for CPU tensors too (with TRITON_INTERPRET=1), which is how the
 CPU tests exercise this dispatch.
 """
-import os
-
 import torch
 
+from fair_lora.kernels.dispatch import use_triton
 from fair_lora.kernels.lora_batch import LoRABatch
 from fair_lora.kernels.lora_expand_ref import lora_expand_ref
 from fair_lora.kernels.lora_shrink_ref import lora_shrink_ref
@@ -21,7 +20,7 @@ def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: L
     Tokens of the merged hot adapter have no entries, so they cost nothing here."""
     if batch.empty:
         return
-    if x.is_cuda or os.environ.get("FAIR_LORA_TRITON") == "1":
+    if use_triton(x):
         # Imported on first use: triton.jit reads TRITON_INTERPRET when the kernel module is imported, and a
         # CPU-only process never needs Triton at all.
         from fair_lora.kernels.lora_expand import lora_expand

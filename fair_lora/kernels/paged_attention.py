@@ -5,11 +5,10 @@ Triton for CPU tensors too (with TRITON_INTERPRET=1), which is how the CPU tests
 Decode-only batches go to the split-K decode kernel, any batch with a multi-token sequence to the tiled
 prefill kernel.
 """
-import os
-
 import torch
 
 from fair_lora.kernels.attention_metadata import AttentionMetadata
+from fair_lora.kernels.dispatch import use_triton
 from fair_lora.kernels.paged_attention_ref import paged_attention_ref, write_kv_cache_ref
 
 
@@ -18,7 +17,7 @@ def write_kv_cache(
 ) -> None:
     """Store this step's keys and values: k, v: [T, H_kv, D] into caches [num_blocks, block_size, H_kv, D] at
     slot_mapping: [T] int64. The Triton path skips negative slots (padding rows of a captured graph)."""
-    if _use_triton(k):
+    if use_triton(k):
         from fair_lora.kernels.kv_cache_write import kv_cache_write
 
         kv_cache_write(k, v, k_cache, v_cache, slot_mapping)
@@ -30,7 +29,7 @@ def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
     """Causal attention of q: [T, H, D] over each sequence's cached context; returns [T, H, D]."""
-    if not _use_triton(q):
+    if not use_triton(q):
         return paged_attention_ref(q, k_cache, v_cache, meta, scale)
     if meta.decode_only:
         from fair_lora.kernels.paged_decode_attention import paged_decode_attention
@@ -39,9 +38,3 @@ def paged_attention(
     from fair_lora.kernels.prefill_attention import prefill_attention
 
     return prefill_attention(q, k_cache, v_cache, meta, scale)
-
-
-def _use_triton(x: torch.Tensor) -> bool:
-    # Kernel modules are imported on first use: triton.jit reads TRITON_INTERPRET when a kernel module is
-    # imported, and a CPU-only process never needs Triton at all.
-    return x.is_cuda or os.environ.get("FAIR_LORA_TRITON") == "1"

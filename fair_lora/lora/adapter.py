@@ -37,10 +37,6 @@ class LoRAAdapter:
     scaling: float  # lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module path -> (A [r, H_in], B [H_out, r]), host
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes + b.nbytes for a, b in self.weights.values())
-
 
 def check_name(name: object) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:

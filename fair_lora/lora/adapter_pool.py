@@ -6,7 +6,7 @@ from collections import Counter, OrderedDict
 
 import torch
 
-from fair_lora.errors import AdapterError, AdapterInUseError, AdapterPoolFullError, UnknownAdapterError
+from fair_lora.errors import AdapterInUseError, AdapterNameError, AdapterPoolFullError, UnknownAdapterError
 from fair_lora.kernels.lora_slots import LoRASlots
 from fair_lora.layers.lora_linear import LoRALinear
 from fair_lora.lora.adapter import LoRAAdapter
@@ -27,7 +27,7 @@ class AdapterPool:
 
     def add(self, adapter: LoRAAdapter) -> None:
         if adapter.name in self.adapters:
-            raise AdapterError(f"adapter {adapter.name!r} is already loaded; unload it first to replace it")
+            raise AdapterNameError(f"adapter {adapter.name!r} is already loaded; unload it first to replace it")
         self.adapters[adapter.name] = adapter
 
     def remove(self, name: str) -> None:
