@@ -33,5 +33,6 @@ def assert_matches_oracle(engine: LLMEngine, oracle, outputs: list[RequestOutput
     for out in outputs:
         tokens, logprobs = oracle.greedy(out.prompt_token_ids, out.adapter, max_tokens)
         assert out.token_ids == tokens, f"{out.request_id} ({out.adapter}): tokens differ from transformers + peft"
+        assert len(out.logprobs) == len(logprobs)
         worst = max(abs(a - b) for a, b in zip(out.logprobs, logprobs))
         assert worst < 1e-4, f"{out.request_id} ({out.adapter}): logprob off by {worst}"

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from fair_lora import AdapterInUseError
+from fair_lora import AdapterInUseError, FairLoRAError
 from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, request_mix
 
 
@@ -18,8 +18,9 @@ def test_thousand_switches_leave_base_weights_bit_identical(demo):
     before = base_weights(engine)
     names = [*demo.adapters, None]
     rng = random.Random(0)
-    for _ in range(1000):
-        engine.set_hot_adapter(rng.choice(names))
+    for _ in range(1000):  # every call a real switch: a different adapter (or the base) each time
+        engine.set_hot_adapter(rng.choice([n for n in names if n != engine.hot_adapter]))
+    assert len(engine.switches) == 1000
     engine.set_hot_adapter(None)
     after = base_weights(engine)
     assert before.keys() == after.keys()
@@ -49,5 +50,5 @@ def test_merged_adapter_is_pinned_and_cannot_be_unloaded_or_evicted(demo, oracle
 
 def test_switch_in_slora_mode_is_refused(demo):
     engine = make_engine(demo, mode="slora")
-    with pytest.raises(Exception, match="never merges"):
+    with pytest.raises(FairLoRAError, match="never merges"):
         engine.set_hot_adapter("adapter-0")
