@@ -32,7 +32,7 @@ def served(tmp_path_factory):
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"serve run exited with {proc.returncode}; see {log.name}"
             try:
-                if httpx.get("http://127.0.0.1:8000/v1/models", timeout=5).status_code == 200:  
+                if httpx.get("http://127.0.0.1:8000/v1/models", timeout=5).status_code == 200:  # workers ready, not just the ingress
                     break
             except httpx.HTTPError:
                 pass
