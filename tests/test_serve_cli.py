@@ -32,7 +32,8 @@ def served(tmp_path_factory):
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"serve run exited with {proc.returncode}; see {log.name}"
             try:
-                if httpx.get("http://127.0.0.1:8000/v1/models", timeout=5).status_code == 200:  # workers ready, not just the ingress
+                # /v1/models, not /health: the workers must be up too, not just the ingress
+                if httpx.get("http://127.0.0.1:8000/v1/models", timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
