@@ -38,33 +38,23 @@ from fair_lora.sampling_params import SamplingParams
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        model_dir, adapters = self._resolve_assets(config)
-        self.model_dir = model_dir
+        self.model_dir, adapters = self._resolve_assets(config)
+        self.tokenizer = self._load_tokenizer()
         dummy = config.load_format == "dummy"
-        has_tokenizer = any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer.model"))
-        # A dummy-weight benchmark model may come without a tokenizer; it then takes token ids only.
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True) if has_tokenizer or not dummy else None
-        self.model, self.hf_config = load_model(model_dir, config.torch_dtype, config.device, dummy=dummy)
-        self.max_model_len = min(config.max_model_len or self.model.args.max_position_embeddings, self.model.args.max_position_embeddings)
+        self.model, self.hf_config = load_model(self.model_dir, config.torch_dtype, config.device, dummy=dummy)
+        limit = self.model.args.max_position_embeddings
+        self.max_model_len = min(config.max_model_len or limit, limit)
         linears = self.model.lora_linears()
         self.shapes = {path: (m.in_features, m.out_features) for path, m in linears.items()}
-        self.pool = AdapterPool(linears, config.max_adapter_slots, config.max_lora_rank, config.torch_dtype, config.device)
+        self.pool = AdapterPool(
+            linears, config.max_adapter_slots, config.max_lora_rank, config.torch_dtype, config.device
+        )
         self.merger = HotMerger(linears) if config.mode == "fair" else None
         self.hot: str | None = None
         self._policy_choice: str | None = None  # the hot policy's last choice that was acted on
-        self.adapter_roots = [Path(r) for r in config.adapter_roots] or sorted({Path(p).resolve().parent for p in adapters.values()})
-        num_blocks = config.num_kv_blocks or config.max_num_seqs * -(-self.max_model_len // config.block_size)
-        self.blocks = BlockManager(num_blocks, config.block_size)
-        self.scheduler = Scheduler(
-            self.blocks, make_policy(config.scheduling_policy), self.pool, config.max_num_seqs, config.max_num_batched_tokens
-        )
-        graphs = None
-        if config.cuda_graphs and torch.device(config.device).type == "cuda":
-            graphs = DecodeGraphs(
-                self.model, min(config.max_num_seqs, MAX_BATCH), self.blocks.blocks_for(self.max_model_len),
-                scratch_slot=num_blocks * config.block_size, num_slots=config.max_adapter_slots, device=config.device,
-            )
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, config.torch_dtype, config.device, graphs)
+        parents = sorted({Path(p).resolve().parent for p in adapters.values()})
+        self.adapter_roots = [Path(r) for r in config.adapter_roots] or parents
+        self.blocks, self.scheduler, self.runner = self._build_batching(config)
         self.window = PopularityWindow(config.popularity)
         self.hot_policy = HotAdapterPolicy(config.popularity)
         self.sequences: dict[str, Sequence] = {}
@@ -75,6 +65,26 @@ class LLMEngine:
         self.num_preemptions = 0
         for name, path in adapters.items():
             self.load_adapter(name, path)
+
+    def _load_tokenizer(self):
+        has_tokenizer = any((self.model_dir / f).exists() for f in ("tokenizer.json", "tokenizer.model"))
+        if not has_tokenizer and self.config.load_format == "dummy":
+            return None  # a dummy-weight benchmark model may come without one; it then takes token ids only
+        return AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+
+    def _build_batching(self, config: EngineConfig) -> tuple[BlockManager, Scheduler, ModelRunner]:
+        num_blocks = config.num_kv_blocks or config.max_num_seqs * -(-self.max_model_len // config.block_size)
+        blocks = BlockManager(num_blocks, config.block_size)
+        policy = make_policy(config.scheduling_policy)
+        scheduler = Scheduler(blocks, policy, self.pool, config.max_num_seqs, config.max_num_batched_tokens)
+        graphs = None
+        if config.cuda_graphs and torch.device(config.device).type == "cuda":
+            graphs = DecodeGraphs(
+                self.model, min(config.max_num_seqs, MAX_BATCH), blocks.blocks_for(self.max_model_len),
+                scratch_slot=num_blocks * config.block_size, num_slots=config.max_adapter_slots, device=config.device,
+            )
+        runner = ModelRunner(self.model, num_blocks, config.block_size, config.torch_dtype, config.device, graphs)
+        return blocks, scheduler, runner
 
     @staticmethod
     def _resolve_assets(config: EngineConfig) -> tuple[Path, dict[str, str]]:
