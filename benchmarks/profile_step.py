@@ -57,7 +57,7 @@ def main() -> None:
     for _ in range(steps):  # the runner alone: prepare + forward (graph replay) on the same scheduled batch shape
         out = engine.scheduler.schedule()
         slots = [engine.pool.slot_of[s.seq.adapter] if s.seq.adapter else -1 for s in out.scheduled]
-        hot = engine._hot_slot()
+        hot = engine.hot_switch.slot()
         batch = timed("prepare", lambda: engine.runner.prepare(out.scheduled, slots, engine.pool.slot_scales, hot), phases)
         timed("runner.run", lambda: engine.runner.run(out.scheduled, slots, engine.pool.slot_scales, hot), phases)
         timed("model eager", lambda: engine.model(*batch), phases)

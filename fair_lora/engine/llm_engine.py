@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 from fair_lora.config import EngineConfig
 from fair_lora.engine.block_manager import BlockManager
 from fair_lora.engine.decode_graphs import MAX_BATCH, DecodeGraphs
+from fair_lora.engine.hot_switch import HotSwitch
 from fair_lora.engine.model_runner import ModelRunner
 from fair_lora.engine.output_processor import OutputProcessor
 from fair_lora.engine.policy import make_policy
@@ -49,17 +50,14 @@ class LLMEngine:
         self.pool = AdapterPool(
             linears, config.max_adapter_slots, config.max_lora_rank, config.torch_dtype, config.device
         )
-        self.merger = HotMerger(linears) if config.mode == "fair" else None
-        self.hot: str | None = None
-        self._policy_choice: str | None = None  # the hot policy's last choice that was acted on
         parents = sorted({Path(p).resolve().parent for p in adapters.values()})
         self.adapter_roots = [Path(r) for r in config.adapter_roots] or parents
         self.blocks, self.scheduler, self.runner = self._build_batching(config)
         self.window = PopularityWindow(config.popularity)
-        self.hot_policy = HotAdapterPolicy(config.popularity)
+        merger = HotMerger(linears) if config.mode == "fair" else None
+        self.hot_switch = HotSwitch(self.pool, merger, HotAdapterPolicy(config.popularity), self.window)
         self.sequences: dict[str, Sequence] = {}
         self.processor = OutputProcessor(self.tokenizer, self._eos_ids(), self.max_model_len)
-        self.switches: list[tuple[str | None, float]] = []  # (new hot adapter, seconds) of every switch
         self._ids = itertools.count()
         self.last_step = StepStats()
         self.num_preemptions = 0
@@ -144,47 +142,16 @@ class LLMEngine:
 
     @property
     def hot_adapter(self) -> str | None:
-        return self.hot
+        return self.hot_switch.hot
+
+    @property
+    def switches(self) -> list[tuple[str | None, float]]:
+        """(new hot adapter, seconds) of every switch so far."""
+        return self.hot_switch.switches
 
     def set_hot_adapter(self, name: str | None) -> float:
         """Merge `name` (None: restore the base weights) between steps; returns the switch time in seconds."""
-        if self.merger is None:
-            raise FairLoRAError("mode='slora' never merges an adapter; use mode='fair'")
-        if name == self.hot:
-            return 0.0
-        start = time.perf_counter()
-        if name is None:
-            self.merger.restore()
-        else:
-            self.merger.merge(self.pool.get(name), self.pool.acquire(name))  # pinned while merged
-        if self.hot is not None:
-            self.pool.release(self.hot)
-        self.hot = name
-        if self.model.lm_head.weight.is_cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        self.switches.append((name, seconds))
-        return seconds
-
-    def _hot_slot(self) -> int | None:
-        if self.hot is None:
-            return None
-        # The correction subtracts the hot adapter's delta: its weights must be resident, or the batch is wrong.
-        assert self.pool.pins[self.hot] > 0, "the merged adapter lost its slot pin"
-        return self.pool.slot_of[self.hot]
-
-    def _auto_hot(self) -> None:
-        if self.merger is None or not self.config.auto_hot:
-            return
-        choice = self.hot_policy.choose(self.window)
-        # Follow changes of the policy's choice only, so a manual set_hot_adapter stands until the policy moves;
-        # an adapter whose slot cannot be had now (every slot pinned) is merged on a later step instead.
-        if choice == self._policy_choice or choice == self.hot:
-            self._policy_choice = choice
-            return
-        if choice is None or (choice in self.pool.adapters and self.pool.can_acquire(choice)):
-            self.set_hot_adapter(choice)
-            self._policy_choice = choice
+        return self.hot_switch.set(name)
 
     # ---- requests --------------------------------------------------------------------------------------
 
@@ -245,19 +212,21 @@ class LLMEngine:
     # ---- the step loop ---------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        self._auto_hot()
+        if self.config.auto_hot:
+            self.hot_switch.follow_policy()
         start = time.perf_counter()
         out = self.scheduler.schedule()
         self.num_preemptions += len(out.preempted)
         if not out.scheduled:
-            self.last_step = StepStats(num_preempted=len(out.preempted), hot_adapter=self.hot)
+            self.last_step = StepStats(num_preempted=len(out.preempted), hot_adapter=self.hot_adapter)
             return []
         slots = [self.pool.slot_of[s.seq.adapter] if s.seq.adapter else -1 for s in out.scheduled]
-        logits = self.runner.run(out.scheduled, slots, self.pool.slot_scales, self._hot_slot())
+        logits = self.runner.run(out.scheduled, slots, self.pool.slot_scales, self.hot_switch.slot())
         outputs = self._postprocess(out.scheduled, logits)
-        corrected = sum(s.num_new for s in out.scheduled if s.seq.adapter != self.hot)
+        corrected = sum(s.num_new for s in out.scheduled if s.seq.adapter != self.hot_adapter)
         self.last_step = StepStats(
-            len(out.scheduled), out.num_tokens, corrected, len(out.preempted), self.hot, time.perf_counter() - start
+            len(out.scheduled), out.num_tokens, corrected, len(out.preempted), self.hot_adapter,
+            time.perf_counter() - start,
         )
         return outputs
 
@@ -303,7 +272,7 @@ class LLMEngine:
 
     def stats(self) -> dict:
         return {
-            "hot_adapter": self.hot,
+            "hot_adapter": self.hot_adapter,
             "waiting": len(self.scheduler.waiting),
             "running": len(self.scheduler.running),
             "free_blocks": self.blocks.num_free,

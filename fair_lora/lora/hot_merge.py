@@ -14,6 +14,7 @@ class HotMerger:
         self.linears = linears
         self.pristine = {path: m.weight.detach().clone() for path, m in linears.items()}
         self.merged: LoRAAdapter | None = None
+        self.on_cuda = any(m.weight.is_cuda for m in linears.values())
 
     @torch.inference_mode()
     def merge(self, adapter: LoRAAdapter, slot: int) -> None:

@@ -1,0 +1,60 @@
+"""Which adapter is merged, and switching it between steps: by hand, or following the hot policy."""
+import time
+
+import torch
+
+from fair_lora.errors import FairLoRAError
+from fair_lora.lora.adapter_pool import AdapterPool
+from fair_lora.lora.hot_merge import HotMerger
+from fair_lora.popularity import HotAdapterPolicy, PopularityWindow
+
+
+class HotSwitch:
+    def __init__(
+        self, pool: AdapterPool, merger: HotMerger | None, policy: HotAdapterPolicy, window: PopularityWindow
+    ) -> None:
+        self.pool, self.merger, self.policy, self.window = pool, merger, policy, window
+        self.hot: str | None = None
+        self.policy_choice: str | None = None  # the policy's last choice that was acted on
+        self.switches: list[tuple[str | None, float]] = []  # (new hot adapter, seconds) of every switch
+
+    def set(self, name: str | None) -> float:
+        """Merge `name` (None: restore the base weights); returns the switch time in seconds."""
+        if self.merger is None:
+            raise FairLoRAError("mode='slora' never merges an adapter; use mode='fair'")
+        if name == self.hot:
+            return 0.0
+        start = time.perf_counter()
+        if name is None:
+            self.merger.restore()
+        else:
+            self.merger.merge(self.pool.get(name), self.pool.acquire(name))  # pinned while merged
+        if self.hot is not None:
+            self.pool.release(self.hot)
+        self.hot = name
+        if self.merger.on_cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        self.switches.append((name, seconds))
+        return seconds
+
+    def slot(self) -> int | None:
+        """The merged adapter's device slot, which the correction subtracts."""
+        if self.hot is None:
+            return None
+        # Its weights must be resident, or every cold token of the batch would be wrong.
+        assert self.pool.pins[self.hot] > 0, "the merged adapter lost its slot pin"
+        return self.pool.slot_of[self.hot]
+
+    def follow_policy(self) -> None:
+        if self.merger is None:
+            return
+        choice = self.policy.choose(self.window)
+        # Follow changes of the policy's choice only, so a manual switch stands until the policy moves; an
+        # adapter whose slot cannot be had now (every slot pinned) is merged on a later step instead.
+        if choice == self.policy_choice or choice == self.hot:
+            self.policy_choice = choice
+            return
+        if choice is None or (choice in self.pool.adapters and self.pool.can_acquire(choice)):
+            self.set(choice)
+            self.policy_choice = choice
