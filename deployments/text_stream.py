@@ -13,7 +13,10 @@ class TextStream:
         if not finished:
             text = text.rstrip(REPLACEMENT)  # the next token may complete the character
             text = text[: len(text) - self.holdback] if self.holdback else text
-        if not text.startswith(self.sent) or len(text) <= len(self.sent):
+        if len(text) <= len(self.sent):
             return ""
+        # A tokenizer whose decode rewrites earlier characters (clean-up of spaces) can make `text` stop
+        # extending what was sent; what was sent stays sent, and the stream goes on from the same length
+        # rather than falling silent until the end.
         delta, self.sent = text[len(self.sent) :], text
         return delta

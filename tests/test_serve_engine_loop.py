@@ -88,3 +88,9 @@ def test_text_stream_holds_back_incomplete_characters_and_stop_prefixes():
     pieces = [stream.push("ab", False), stream.push("abc\ufffd", False), stream.push("abc€ E", False), stream.push("abc€ ", True)]
     assert "".join(pieces) == "abc€ "
     assert "\ufffd" not in "".join(pieces)
+
+
+def test_text_stream_keeps_going_when_decoding_rewrites_earlier_text():
+    stream = TextStream(stop=[])
+    pieces = [stream.push("Hello ", False), stream.push("Hello.", False), stream.push("Hello. Bye", True)]
+    assert pieces == ["Hello ", "", " Bye"], "the end is never dropped"
