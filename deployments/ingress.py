@@ -57,6 +57,22 @@ def _generate_body(request: GenerateRequest, result: Result) -> dict:
     return body
 
 
+
+
+class CallStream(StreamingResponse):
+    """Closes its worker call however the response ends: a client gone before the first chunk is pulled
+    never runs the generator's `finally`, and the worker would otherwise generate for nobody."""
+
+    def __init__(self, call: WorkerCall, content: AsyncIterator[str], **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.call = call
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.call.close()
+
 app = FastAPI(title="fair_lora")
 app.add_exception_handler(RequestValidationError, validation_error_handler)
 for expected in EXPECTED_ERRORS:
@@ -123,7 +139,7 @@ class Ingress:
         want_logprobs = bool(request.sampling["logprobs"])
         if body.stream:
             stream = self._sse(call, form, TextStream(request.sampling["stop"]), want_logprobs, body.include_usage)
-            return StreamingResponse(stream, media_type="text/event-stream", headers=call.headers)
+            return CallStream(call, stream, media_type="text/event-stream", headers=call.headers)
         result = await self._collect(call, form.path)
         return JSONResponse(form.response(result, want_logprobs), headers=call.headers)
 
@@ -156,7 +172,7 @@ class Ingress:
         request = body.to_generate(f"gen-{uuid.uuid4().hex}", body.adapter or self._adapter(body.model))
         call = await self._start(request, "/generate")
         if body.stream:
-            return StreamingResponse(self._ndjson(call, request), media_type="application/x-ndjson", headers=call.headers)
+            return CallStream(call, self._ndjson(call, request), media_type="application/x-ndjson", headers=call.headers)
         result = await self._collect(call, "/generate")
         return JSONResponse(_generate_body(request, result), headers=call.headers)
 
