@@ -57,8 +57,6 @@ def _generate_body(request: GenerateRequest, result: Result) -> dict:
     return body
 
 
-
-
 class CallStream(StreamingResponse):
     """Closes its worker call however the response ends: a client gone before the first chunk is pulled
     never runs the generator's `finally`, and the worker would otherwise generate for nobody."""
@@ -72,6 +70,7 @@ class CallStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.call.close()
+
 
 app = FastAPI(title="fair_lora")
 app.add_exception_handler(RequestValidationError, validation_error_handler)
