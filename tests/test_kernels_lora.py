@@ -3,6 +3,7 @@
 Without CUDA the kernels run in Triton's CPU interpreter; triton.jit reads TRITON_INTERPRET when a kernel
 module is imported, so it is set here, before those imports.
 """
+import dataclasses
 import os
 import zlib
 
@@ -165,6 +166,26 @@ def test_correction_op_dispatches_to_triton_and_matches_reference(pattern, num_t
     lora_correction(y, x, slots, batch)
     assert_close(y, ref, dtype)
     assert calls == ([] if batch.empty else [1])
+
+
+@pytest.mark.parametrize("pattern", ["zipf:1.5", "base-mixed", "no-hot"])
+def test_empty_padding_tiles_change_nothing(pattern, monkeypatch):
+    """CUDA-graph buckets pad the tile tables with (0, 0, 0) tiles and entries with zeros: they must be inert."""
+    _, _, batch, slots, x, y = make_case(pattern, 7, 40, 56, torch.float32)
+    ref = reference(y, x, slots, batch)
+    pad = torch.zeros(9, 3, dtype=torch.int32, device=DEVICE)
+    extra = 2 * batch.num_tokens - batch.num_entries
+    padded = dataclasses.replace(
+        batch,
+        token_idx=torch.cat([batch.token_idx, torch.zeros(extra, dtype=batch.token_idx.dtype, device=DEVICE)]),
+        scale=torch.cat([batch.scale, torch.zeros(extra, device=DEVICE)]),
+        pair=torch.cat([batch.pair, torch.full((extra,), -1, dtype=batch.pair.dtype, device=DEVICE)]),
+        shrink_tiles=torch.cat([batch.shrink_tiles, pad]),
+        expand_tiles=torch.cat([batch.expand_tiles, pad]),
+    )
+    monkeypatch.setenv("FAIR_LORA_TRITON", "1")
+    lora_correction(y, x, slots, padded)
+    assert_close(y, ref, torch.float32)
 
 
 def test_correction_op_uses_the_reference_for_cpu_tensors_by_default(monkeypatch):

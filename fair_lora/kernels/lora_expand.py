@@ -68,7 +68,8 @@ def _kernel(
         p = tl.load(pair_ptr + e, mask=e_ok, other=-1)
         v_hot, hot_rank = _scaled_v(v_ptr, scale_ptr, ranks_ptr, p, p >= 0, hot, stride_v, BLOCK_R)
     n_first = n_group * n_per_program
-    for n0 in range(n_first, tl.minimum(n_first + n_per_program, h_out), BLOCK_N):
+    n_end = tl.where(first < end, tl.minimum(n_first + n_per_program, h_out), n_first)  # empty tiles: padding
+    for n0 in range(n_first, n_end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < h_out
         b = _b_block(b_t_ptr, slot, rank, n, n_ok, stride_b_slot, stride_b_rank, BLOCK_R)

@@ -46,7 +46,8 @@ def _kernel(
     a_rows = a_ptr + slot * stride_a_slot + r[:, None] * stride_a_rank
     acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)  # not tl.zeros: see _precision
     k_first = split * k_per_split
-    k_end = tl.where(r_block * BLOCK_R < rank, tl.minimum(k_first + k_per_split, h_in), k_first)
+    # No work past the slot's rank, nor for an empty tile (the padding of a CUDA-graph bucket).
+    k_end = tl.where((r_block * BLOCK_R < rank) & (first < end), tl.minimum(k_first + k_per_split, h_in), k_first)
     for k0 in range(k_first, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < h_in
