@@ -2,6 +2,7 @@
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.exceptions import RayActorError, RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
@@ -85,6 +86,11 @@ async def validation_error_handler(_: Request, error: RequestValidationError) ->
     param = ".".join(where) or None
     message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid request body"))
     return HTTPError(400, message, param).response()
+
+
+async def route_error_handler(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Unknown paths and wrong methods, in OpenAI's error shape like every other error."""
+    return HTTPError(error.status_code, str(error.detail)).response()
 
 
 async def unexpected_error_handler(_: Request, error: Exception) -> JSONResponse:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
@@ -19,6 +20,7 @@ from deployments.http_errors import (
     EXPECTED_ERRORS,
     HTTPError,
     http_error_handler,
+    route_error_handler,
     to_http_error,
     unexpected_error_handler,
     validation_error_handler,
@@ -74,6 +76,7 @@ class CallStream(StreamingResponse):
 
 app = FastAPI(title="fair_lora")
 app.add_exception_handler(RequestValidationError, validation_error_handler)
+app.add_exception_handler(StarletteHTTPException, route_error_handler)
 for expected in EXPECTED_ERRORS:
     app.add_exception_handler(expected, http_error_handler)
 app.add_exception_handler(Exception, unexpected_error_handler)  # a bug: answered as 500, and logged by Serve

@@ -60,6 +60,12 @@ def test_malformed_json_is_a_400(config_app):
     _error(response, 400)
 
 
+def test_unknown_paths_and_methods_answer_in_openai_shape(config_app):
+    with config_app.client() as c:
+        _error(c.get("/v1/nothing-here"), 404, "Not Found")
+        _error(c.get("/v1/completions"), 405, "Method Not Allowed")
+
+
 def test_loading_an_adapter_twice_is_a_400_and_changes_nothing(config_app, offline_engine):
     path = str(offline_engine.model_dir.parent / "adapters" / "adapter-1")
     with config_app.client() as c:
