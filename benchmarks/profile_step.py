@@ -1,6 +1,9 @@
 """Where a decode step's time goes on the GPU: host phases timed around device syncs, and the profiler's top ops.
 
-    python -m benchmarks.profile_step [--batch 32] [--mix base|hot|cold]
+    python -m benchmarks.profile_step [--batch 32] [--mix base|hot|cold|slora]
+
+base: no adapters; hot: every request the merged adapter; cold: 10 adapters, the first merged; slora: 10
+adapters, nothing merged. Also times each captured CUDA graph's replay alone (device time of the step).
 """
 import argparse
 import json
@@ -38,13 +41,13 @@ def timed(label: str, fn, table: dict):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--mix", choices=("base", "hot", "cold"), default="base")
+    p.add_argument("--mix", choices=("base", "hot", "cold", "slora"), default="base")
     a = p.parse_args()
-    engine = build(a.batch, "slora" if a.mix == "base" else "fair")
+    engine = build(a.batch, "slora" if a.mix in ("base", "slora") else "fair")
     names = [None] * a.batch if a.mix == "base" else [adapter_name(0)] * a.batch
-    if a.mix == "cold":
+    if a.mix in ("cold", "slora"):
         names = [adapter_name(i % 10) for i in range(a.batch)]
-    if a.mix != "base":
+    if a.mix in ("hot", "cold"):
         engine.set_hot_adapter(adapter_name(0))
     for i, name in enumerate(names):
         engine.add_request([(7 * i + j) % 32000 for j in range(256)], name, SamplingParams(max_tokens=64, ignore_eos=True))
@@ -61,12 +64,15 @@ def main() -> None:
         batch = timed("prepare", lambda: engine.runner.prepare(out.scheduled, slots, engine.pool.slot_scales, hot), phases)
         timed("runner.run", lambda: engine.runner.run(out.scheduled, slots, engine.pool.slot_scales, hot), phases)
         timed("model eager", lambda: engine.model(*batch), phases)
+    for key, entry in (engine.runner.graphs.graphs.items() if engine.runner.graphs else ()):
+        for _ in range(steps):
+            timed(f"graph replay {key}", entry.graph.replay, phases)
     print(json.dumps({k: round(v / steps, 3) for k, v in phases.items()}, indent=1))
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             engine.step()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14))
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=24))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
 
 

@@ -132,8 +132,10 @@ def test_shrink_writes_every_element_and_matches_reference(pattern, num_tokens, 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("pattern,num_tokens", [("uniform", 7), ("base-mixed", 133)])
-def test_shrink_splits_wide_inputs_over_programs_and_sums_them(pattern, num_tokens, dtype):
-    _, _, batch, slots, x, _ = make_case(pattern, num_tokens, 3 * lora_shrink_module.BLOCK_K - 20, 24, dtype)
+@pytest.mark.parametrize("k_blocks", [3, 2 * lora_shrink_module.MAX_K_BLOCKS + 1])  # small grid; long H_in
+def test_shrink_splits_wide_inputs_over_programs_and_sums_them(pattern, num_tokens, dtype, k_blocks):
+    h_in = k_blocks * lora_shrink_module.BLOCK_K - 20
+    _, _, batch, slots, x, _ = make_case(pattern, num_tokens, h_in, 24, dtype)
     v = lora_shrink(x, slots, batch)
     assert_close(v, lora_shrink_ref(x.float(), float32(slots), batch), dtype)
 

@@ -9,7 +9,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _kernel(
+def _kv_write_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr, num_kv_heads, head_dim,
     stride_k_tok, stride_k_head, stride_v_tok, stride_v_head, stride_c_slot, stride_c_head,
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -41,7 +41,7 @@ def kv_cache_write(
     assert slot_mapping.shape == (num_tokens,) and slot_mapping.dtype == torch.int64
     if num_tokens == 0:
         return
-    _kernel[(num_tokens,)](
+    _kv_write_kernel[(num_tokens,)](
         k, v, k_cache, v_cache, slot_mapping, num_kv_heads, head_dim,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(1), k_cache.stride(2),
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim),

@@ -28,6 +28,7 @@ from fair_lora.kernels.lora_slots import LoRASlots
 
 MIN_GRID = 128  # about one program per SM of an H100/H200; past that a program walks more H_out blocks
 MAX_BLOCKS_PER_PROGRAM = 4
+BLOCK_N = 128  # H_out columns per block (halved when the rank block is 128 wide, to bound registers)
 
 
 @triton.jit
@@ -49,7 +50,7 @@ def _b_block(b_t_ptr, slot, rank, n, n_ok, stride_b_slot, stride_b_rank, BLOCK_R
 
 
 @triton.jit
-def _kernel(
+def _expand_kernel(
     y_ptr, v_ptr, b_t_ptr, token_idx_ptr, scale_ptr, pair_ptr, tiles_ptr, ranks_ptr,
     hot_slot_ptr, h_out, n_per_program, stride_y, stride_v, stride_b_slot, stride_b_rank,
     HAS_HOT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -97,12 +98,12 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, slots: LoRASlots, batch: LoRAB
     if batch.empty:
         return
     block_r = max(16, triton.next_power_of_2(max_rank))
-    block_n = min(128 if block_r <= 64 else 64, max(16, triton.next_power_of_2(h_out)))
+    block_n = min(BLOCK_N if block_r <= 64 else BLOCK_N // 2, max(16, triton.next_power_of_2(h_out)))
     num_tiles, n_blocks = batch.expand_tiles.shape[0], triton.cdiv(h_out, block_n)
     blocks_per_program = max(1, min(MAX_BLOCKS_PER_PROGRAM, num_tiles * n_blocks // MIN_GRID))
     grid = (num_tiles, triton.cdiv(n_blocks, blocks_per_program))
     has_hot = batch.hot_slot is not None
-    _kernel[grid](
+    _expand_kernel[grid](
         y, v, slots.b_t, batch.token_idx, batch.scale, batch.pair, batch.expand_tiles, slots.ranks,
         batch.hot_slot_t, h_out, blocks_per_program * block_n,
         y.stride(0), v.stride(0), slots.b_t.stride(0), slots.b_t.stride(1),

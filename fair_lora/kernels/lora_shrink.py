@@ -7,10 +7,11 @@ A slot's rank is read on the device (`slots.ranks`), so the launch needs no host
 load nothing and only write zeros, and rank-0 slots (projection not targeted) cost just that.
 
 A tile is at most 16-32 rows by 16 rank columns, so one program's dot over all of H_in is a long serial chain
-on one SM; in decode (~100 tiles) that leaves the H100/H200 mostly idle and the kernel latency-bound. When
-the grid is small the wrapper splits H_in over programs (split-K) that add their partial sums into a zeroed
-v with float32 atomics. Their order is free, so v may differ in the last bit between runs then; with one
-split (grids already large enough) the result is deterministic.
+on one SM: on an H200 a 11008-wide shrink took 30 µs at decode batch 128 that way. So the wrapper splits H_in
+over programs (split-K), each walking at most MAX_K_BLOCKS blocks, more when the grid is small, and they add
+their partial sums into a zeroed v with float32 atomics. Their order is free, so v may differ in the last bit
+between runs; only an H_in of at most MAX_K_BLOCKS blocks gives one split and a deterministic v. The grid
+counts every tile of a CUDA-graph bucket, most of them empty padding; those programs exit at once.
 """
 import torch
 import triton
@@ -22,10 +23,11 @@ from fair_lora.kernels.lora_slots import LoRASlots
 BLOCK_R = 16  # the smallest tl.dot width; mixed ranks pad at most one such block of work
 BLOCK_K = 128
 BUSY_GRID = 512  # programs enough to keep an H100/H200 busy; split H_in until the grid has about this many
+MAX_K_BLOCKS = 4  # the most H_in blocks one program walks: its serial dot chain bounds the kernel's latency
 
 
 @triton.jit
-def _kernel(
+def _shrink_kernel(
     x_ptr, a_ptr, v_ptr, token_idx_ptr, tiles_ptr, ranks_ptr,
     h_in, max_rank, split_k, k_per_split, stride_x, stride_a_slot, stride_a_rank, stride_v,
     BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr,
@@ -73,11 +75,11 @@ def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Te
     assert batch.token_idx.device == x.device == slots.a.device == batch.shrink_tiles.device
     r_blocks, k_blocks = triton.cdiv(max_rank, BLOCK_R), triton.cdiv(h_in, BLOCK_K)
     num_tiles = batch.shrink_tiles.shape[0]
-    split_k = max(1, min(k_blocks, BUSY_GRID // max(1, r_blocks * num_tiles)))
+    split_k = max(triton.cdiv(k_blocks, MAX_K_BLOCKS), min(k_blocks, BUSY_GRID // max(1, r_blocks * num_tiles)))
     v = (torch.zeros if split_k > 1 else torch.empty)(batch.num_entries, max_rank, dtype=torch.float32, device=x.device)
     if batch.empty:
         return v
-    _kernel[(r_blocks * split_k, num_tiles)](
+    _shrink_kernel[(r_blocks * split_k, num_tiles)](
         x, slots.a, v, batch.token_idx, batch.shrink_tiles, slots.ranks,
         h_in, max_rank, split_k, triton.cdiv(k_blocks, split_k) * BLOCK_K,
         x.stride(0), slots.a.stride(0), slots.a.stride(1), v.stride(0),

@@ -4,7 +4,7 @@ Flash-decoding. Grid (sequence, kv head, split): a program reads one kv head's k
 `group` query heads that share them (GQA; the group is padded to the 16 rows of the smallest tl.dot), over
 one contiguous 1/num_splits share of the sequence's context, with an online softmax in float32. With one
 split the program normalizes and writes `out` itself; with more, it writes its normalized partial output
-and log-sum-exp, and `_reduce_kernel` merges the splits of each (sequence, head).
+and log-sum-exp, and `_decode_reduce_kernel` merges the splits of each (sequence, head).
 
 Each sequence's share is computed on the device from its context length, so short and long sequences of one
 batch both spread over all splits. The number of splits depends only on shapes (batch size, kv heads, block
@@ -25,7 +25,7 @@ MAX_SPLITS = 64
 
 
 @triton.jit
-def _kernel(
+def _decode_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     scale_log2, head_dim, block_size, num_splits,
     stride_q_seq, stride_q_head, stride_c_block, stride_c_slot, stride_c_head, stride_table, stride_o_seq,
@@ -81,7 +81,7 @@ def _kernel(
 
 
 @triton.jit
-def _reduce_kernel(
+def _decode_reduce_kernel(
     part_out_ptr, part_lse_ptr, out_ptr, head_dim, num_splits, stride_o_seq, stride_o_head,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -127,7 +127,7 @@ def paged_decode_attention(
     if num_splits > 1:
         part_out = torch.empty(num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
-    _kernel[(num_seqs, num_kv_heads, num_splits)](
+    _decode_attention_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, meta.block_tables, meta.context_lens, out, part_out, part_lse,
         scale * LOG2E, head_dim, block_size, num_splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -136,7 +136,7 @@ def paged_decode_attention(
         SPLIT=num_splits > 1, UPCAST=upcast(q.dtype), PRECISION=precision(q.dtype), num_warps=4, num_stages=2,
     )
     if num_splits > 1:
-        _reduce_kernel[(num_seqs, num_heads)](
+        _decode_reduce_kernel[(num_seqs, num_heads)](
             part_out, part_lse, out, head_dim, num_splits, out.stride(0), out.stride(1),
             BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=block_d,
         )

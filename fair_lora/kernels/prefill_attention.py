@@ -60,7 +60,7 @@ def _find_seq(query_start_ptr, tile, num_seqs, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
-def _kernel(
+def _prefill_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, query_start_ptr, context_lens_ptr, block_tables_ptr,
     num_seqs, scale_log2, head_dim, block_size,
     stride_q_tok, stride_q_head, stride_c_block, stride_c_slot, stride_c_head, stride_table, stride_o_tok,
@@ -132,7 +132,7 @@ def prefill_attention(
     block_m, block_n, num_warps = _tiles(q.dtype, meta.max_query_len * group)
     block_m = max(block_m, triton.next_power_of_2(group))
     block_q = block_m // group
-    _kernel[(num_tokens // block_q + num_seqs, num_kv_heads)](
+    _prefill_attention_kernel[(num_tokens // block_q + num_seqs, num_kv_heads)](
         q, k_cache, v_cache, out, meta.query_start, meta.context_lens, meta.block_tables,
         num_seqs, scale * LOG2E, head_dim, block_size,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
