@@ -43,16 +43,19 @@ def token_slots(batch: int, hot_share: float, distinct: int | None, num_slots: i
 
 
 def padded(batch, size: int, num_slots: int):
-    """The batch as DecodeGraphs replays it: entries padded to 2·size, tiles to 2·size + slots (empty tiles)."""
-    e, max_tiles = 2 * size, 2 * size + min(num_slots, 2 * size)
+    """The batch as DecodeGraphs replays it: entries padded to 2·size, tiles to the bucket's worst case."""
+    from fair_lora.kernels.lora_batch import max_tiles
+
+    e = 2 * size
+    tiles = max_tiles(e, num_slots, batch.tile_entries)
 
     def pad(t: torch.Tensor, n: int, value) -> torch.Tensor:
         extra = torch.full((n - t.shape[0], *t.shape[1:]), value, dtype=t.dtype, device=t.device)
         return torch.cat([t, extra])
 
     return replace(batch, num_tokens=size, token_idx=pad(batch.token_idx, e, 0), scale=pad(batch.scale, e, 0.0),
-                   pair=pad(batch.pair, e, -1), shrink_tiles=pad(batch.shrink_tiles, max_tiles, 0),
-                   expand_tiles=pad(batch.expand_tiles, max_tiles, 0))
+                   pair=pad(batch.pair, e, -1), shrink_tiles=pad(batch.shrink_tiles, tiles, 0),
+                   expand_tiles=pad(batch.expand_tiles, tiles, 0))
 
 
 def row(shape: tuple[int, int], size: int, mix, args, device, dtype, gen) -> dict:

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 from fair_lora.kernels import lora_expand as lora_expand_module  # noqa: E402
 from fair_lora.kernels import lora_shrink as lora_shrink_module  # noqa: E402
-from fair_lora.kernels.lora_batch import LoRABatch, build_lora_batch  # noqa: E402
+from fair_lora.kernels.lora_batch import LoRABatch, build_lora_batch, max_tiles  # noqa: E402
 from fair_lora.kernels.lora_correction import lora_correction  # noqa: E402
 from fair_lora.kernels.lora_expand import lora_expand  # noqa: E402
 from fair_lora.kernels.lora_expand_ref import lora_expand_ref  # noqa: E402
@@ -253,6 +253,10 @@ def test_batch_tiles_cover_entries_once_and_expand_owns_each_row_once(pattern, n
     assert sorted(owned + partners) == list(range(batch.num_entries))
     assert len({tok[e] for e in owned}) == len(owned)
     assert all(tok[pair[e]] == tok[e] and slot[pair[e]] == hot for e in owned if pair[e] >= 0)
+    # A CUDA graph sizes its tile tables for 2 entries per token over the pool's slots: never exceeded.
+    bound = max_tiles(2 * num_tokens, pool_size(num_tokens), batch.tile_entries)
+    assert len(batch.shrink_tiles) <= max_tiles(batch.num_entries, len(batch.seg_slot_host), batch.tile_entries) <= bound
+    assert len(batch.expand_tiles) <= bound
 
 
 @pytest.mark.gpu

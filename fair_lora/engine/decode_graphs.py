@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from fair_lora.kernels.attention_metadata import AttentionMetadata
-from fair_lora.kernels.lora_batch import LoRABatch
+from fair_lora.kernels.lora_batch import DECODE_TILE, LoRABatch, max_tiles
 from fair_lora.layers.forward_batch import ForwardBatch
 from fair_lora.models.llama import LlamaForCausalLM
 
@@ -35,7 +35,7 @@ class DecodeGraphs:
         self.buckets = tuple(b for b in BUCKETS if b < max_batch) + (max_batch,)
         self.max_batch, self.max_blocks, self.scratch_slot = max_batch, max_blocks, scratch_slot
         b, e = max_batch, 2 * max_batch  # a token has at most two entries: its own adapter and the hot one
-        max_tiles = e + min(num_slots, e)  # tiles of one entry at worst, plus one partial tile per segment
+        self.num_slots = num_slots
 
         def new(*shape: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
@@ -47,7 +47,8 @@ class DecodeGraphs:
         self.logits_rows = torch.arange(b, dtype=torch.int64, device=device)
         self.token_idx, self.scale = new(e, dtype=torch.int64), new(e, dtype=torch.float32)
         self.pair = new(e)
-        self.shrink_tiles, self.expand_tiles = new(max_tiles, 3), new(max_tiles, 3)
+        tiles = max_tiles(e, num_slots, DECODE_TILE)
+        self.shrink_tiles, self.expand_tiles = new(tiles, 3), new(tiles, 3)
         self.hot_slot = new(1)
         self.graphs: dict[tuple[int, bool, bool], _Graph] = {}  # (batch size, corrected, hot merged)
         self.pool = torch.cuda.graph_pool_handle()
@@ -79,7 +80,8 @@ class DecodeGraphs:
         self.block_tables[:n, : attn.block_tables.shape[1]].copy_(attn.block_tables)
         if lora.empty:
             return
-        assert lora.tile_entries == 16 and len(lora.shrink_tiles) <= len(self.shrink_tiles), "bucket sized wrong"
+        tiles = max_tiles(2 * size, self.num_slots, DECODE_TILE)
+        assert lora.tile_entries == DECODE_TILE and len(lora.shrink_tiles) <= tiles, "bucket sized wrong"
         e = lora.num_entries
         self.hot_slot.copy_(lora.hot_slot_t)
         for static, real, pad in (
@@ -90,7 +92,7 @@ class DecodeGraphs:
             static[e:].fill_(pad)
         for static, real in ((self.shrink_tiles, lora.shrink_tiles), (self.expand_tiles, lora.expand_tiles)):
             static[: len(real)].copy_(real)
-            static[len(real) :].zero_()  # (first 0, end 0): a tile with no entries
+            static[len(real) : tiles].zero_()  # (first 0, end 0): a tile with no entries
 
     def _static_batch(self, size: int, corrected: bool, lora: LoRABatch) -> ForwardBatch:
         attn = AttentionMetadata(
@@ -103,10 +105,13 @@ class DecodeGraphs:
             max_query_len=1,
         )
         if corrected:
+            # The grids are sized by the bucket's worst case, not the largest bucket's: the kernels launch a
+            # program per tile, and the empty ones still cost their scheduling.
             e = 2 * size
+            tiles = max_tiles(e, self.num_slots, DECODE_TILE)
             lora = replace(
                 lora, num_tokens=size, token_idx=self.token_idx[:e], scale=self.scale[:e], pair=self.pair[:e],
-                shrink_tiles=self.shrink_tiles, expand_tiles=self.expand_tiles,
+                shrink_tiles=self.shrink_tiles[:tiles], expand_tiles=self.expand_tiles[:tiles],
                 hot_slot_t=self.hot_slot,
             )
         else:

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 
+DECODE_TILE = 16  # entries per tile in batches of up to 512 tokens (every decode step)
+
+
 @dataclass(frozen=True)
 class LoRABatch:
     num_tokens: int
@@ -66,7 +69,7 @@ def build_lora_batch(
     idx, slot, scale = idx[order], slot[order], scale[order]
     seg_slot, counts = np.unique(slot, return_counts=True)  # slot is sorted: one run per distinct slot
     seg_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    tile_entries = 16 if len(slots) <= 512 else 32  # decode segments are short; prefill's reuse more A/B
+    tile_entries = DECODE_TILE if len(slots) <= 512 else 32  # decode segments are short; prefill's reuse A/B
     expand_ends = seg_start[1:].copy()  # the expand owns the non-hot segments and the hot one's base prefix
     if hot_slot is not None:
         expand_ends[seg_slot == hot_slot] = seg_start[:-1][seg_slot == hot_slot] + num_base
@@ -92,6 +95,12 @@ def build_lora_batch(
         shrink_tiles=shrink.view(-1, 3),
         expand_tiles=expand.view(-1, 3),
     )
+
+
+def max_tiles(num_entries: int, num_slots: int, tile_entries: int) -> int:
+    """The most tiles `num_entries` entries over at most `num_slots` segments can cut into: each segment has
+    at most one partial tile, and its full tiles hold tile_entries entries each. What a CUDA graph sizes for."""
+    return num_entries // tile_entries + min(num_slots, num_entries)
 
 
 def _hot_pairs(idx: np.ndarray, slot: np.ndarray, num_tokens: int, hot_slot: int | None) -> np.ndarray:

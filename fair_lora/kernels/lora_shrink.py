@@ -23,7 +23,7 @@ from fair_lora.kernels.lora_slots import LoRASlots
 BLOCK_R = 16  # the smallest tl.dot width; mixed ranks pad at most one such block of work
 BLOCK_K = 128
 BUSY_GRID = 512  # programs enough to keep an H100/H200 busy; split H_in until the grid has about this many
-MAX_K_BLOCKS = 4  # the most H_in blocks one program walks: its serial dot chain bounds the kernel's latency
+MAX_K_BLOCKS = 8  # the most H_in blocks one program walks: its serial dot chain bounds the kernel's latency
 
 
 @triton.jit
