@@ -2,11 +2,19 @@
 
 A pristine copy of every targeted weight is kept, so W' is always computed from W (never from a previous W')
 and restore is a copy: no drift, whatever the number of switches. Cost: one read of W and one write of W'
-per targeted projection, plus the pristine copy's memory."""
+per targeted projection (kernels/lora_merge.py on CUDA), plus the pristine copy's memory."""
 import torch
 
+from fair_lora.kernels.dispatch import use_triton
+from fair_lora.kernels.lora_merge_ref import lora_merge_ref
 from fair_lora.layers.lora_linear import LoRALinear
 from fair_lora.lora.adapter import LoRAAdapter
+
+
+def _triton_merge():
+    from fair_lora.kernels.lora_merge import lora_merge  # imported on first use: see kernels/dispatch.py
+
+    return lora_merge
 
 
 class HotMerger:
@@ -25,8 +33,9 @@ class HotMerger:
         for path in adapter.weights:
             linear = self.linears[path]
             r = adapter.rank
-            a, b = linear.slots.a[slot, :r], linear.slots.b[slot, :, :r]
-            torch.addmm(self.pristine[path], b, a, alpha=adapter.scaling, out=linear.weight.data)
+            a, b_t = linear.slots.a[slot, :r], linear.slots.b_t[slot, :r]
+            merge = _triton_merge() if use_triton(a) else lora_merge_ref
+            merge(linear.weight.data, self.pristine[path], b_t, a, adapter.scaling)
         self.merged = adapter
 
     @torch.inference_mode()
