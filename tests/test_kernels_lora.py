@@ -85,12 +85,12 @@ def make_case(pattern: str, num_tokens: int, h_in: int, h_out: int, dtype: torch
 
 
 def float32(slots: LoRASlots) -> LoRASlots:
-    return LoRASlots(slots.a.float(), slots.b_t.float(), slots.ranks, list(slots.ranks_host))
+    return LoRASlots(slots.a.float(), slots.b_t.float(), slots.ranks, list(slots.ranks_host), slots.out_sizes)
 
 
 def reference(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Tensor:
     """The correction applied to a float32 copy of y by the torch references, on float32 weights."""
-    out = y.float()
+    out = y.float().clone()  # .float() of a float32 tensor is the tensor itself
     if not batch.empty:
         lora_expand_ref(out, lora_shrink_ref(x.float(), float32(slots), batch), float32(slots), batch)
     return out
@@ -197,6 +197,53 @@ def test_correction_op_uses_the_reference_for_cpu_tensors_by_default(monkeypatch
     ref = reference(y, x, slots, batch)
     lora_correction(y, x, slots, batch)
     assert torch.equal(y, ref)
+
+
+GROUPS = [(56, 24, 24), (40, 72)]  # q/k/v with grouped-query k/v widths; gate/up
+
+
+def make_group(sizes: tuple[int, ...], num_slots: int, h_in: int, dtype: torch.dtype, gen: torch.Generator):
+    """A group's slots and, for each sub-projection, the same adapters in a standalone single-projection pool.
+    Every third slot leaves the middle sub-projection untargeted (PEFT's q/v-only adapters)."""
+    group = LoRASlots.empty(num_slots, MAX_RANK, h_in, sizes, dtype, DEVICE)
+    alone = [LoRASlots.empty(num_slots, MAX_RANK, h_in, size, dtype, DEVICE) for size in sizes]
+    for s in range(num_slots):
+        r = RANK_CYCLE[s % len(RANK_CYCLE)]
+        for j, size in enumerate(sizes):
+            targeted = r and not (s % 3 == 0 and j == 1)
+            a = torch.randn(r, h_in, generator=gen) / h_in**0.5 if targeted else None
+            b = torch.randn(size, r, generator=gen) / r**0.5 if targeted else None
+            group.sub(j).write(s, a, b)
+            alone[j].write(s, a, b)
+    return group, alone
+
+
+@pytest.mark.parametrize("sizes", GROUPS, ids=str)
+@pytest.mark.parametrize("pattern,num_tokens", [("base-mixed", 7), ("zipf:1.5", 133), ("no-hot", 3), ("distinct", 1)])
+def test_group_correction_equals_each_projection_corrected_alone(sizes, pattern, num_tokens, monkeypatch):
+    """One shrink and one expand over a group (q/k/v, gate/up) write into the fused output exactly what each
+    sub-projection's own correction writes into its columns."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{sizes} {pattern} {num_tokens}".encode()))
+    token_slots, hot = make_tokens(pattern, num_tokens, gen)
+    num_slots = pool_size(num_tokens)
+    batch = build_lora_batch(token_slots, 0.5 + torch.rand(num_slots, generator=gen), hot, DEVICE)
+    group, alone = make_group(sizes, num_slots, 48, torch.float32, gen)
+    x = torch.randn(num_tokens, 48, generator=gen).to(DEVICE)
+    y = torch.randn(num_tokens, sum(sizes), generator=gen).to(DEVICE)
+    expected = torch.cat([reference(part, x, slots, batch) for part, slots in zip(y.split(sizes, 1), alone)], 1)
+    assert_close(reference(y, x, group, batch), expected, torch.float32)  # the group reference
+    monkeypatch.setenv("FAIR_LORA_TRITON", "1")
+    lora_correction(y, x, group, batch)
+    assert_close(y, expected, torch.float32)
+
+
+def test_group_slots_are_views_sub_projections_write_through():
+    group = LoRASlots.empty(3, 8, 32, (16, 8, 8), torch.float32, "cpu")
+    assert group.rank_width == 16 and group.a.shape == (3, 48, 32) and group.b_t.shape == (3, 16, 32)
+    group.sub(2).write(1, torch.ones(8, 32), torch.full((8, 8), 2.0))
+    assert group.ranks.tolist() == [[0, 0, 0], [0, 0, 0], [0, 8, 0]] and group.ranks_host[2] == [0, 8, 0]
+    assert group.a[1, 32:40].eq(1).all() and group.a[1].count_nonzero() == 8 * 32
+    assert group.b_t[1, :8, 24:].eq(2).all() and group.b_t[1].count_nonzero() == 8 * 8
 
 
 def entries(batch: LoRABatch) -> list[tuple[int, int, float]]:

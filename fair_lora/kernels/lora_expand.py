@@ -12,9 +12,14 @@ B is stored transposed (`LoRASlots.b_t`, [S, R, H_out]): a block of it is r rows
 wide vector loads that are already the dot's [K, N] operand; read from [S, H_out, R] (32-byte rows at rank 16)
 the same kernel ran 2x slower on an H200.
 
+A group of projections of the same input (q/k/v, gate/up: `LoRASlots` with n sub-projections) is one launch
+over the fused output [T, ΣH_out]: its column blocks are numbered through the sub-projections in turn, and a
+block of sub-projection j reads v's columns j·R:(j+1)·R and the slot's rank for j. That halves the launches
+of a decode step, whose correction is bound by latency, not bytes.
+
 Grid (tile, group of H_out blocks). Decode (T <= 256, ~100 adapters, rank 16) is bound by reading each
-distinct B once and by latency, so a program walks a few H_out blocks in a pipelined loop, with its v rows
-loaded once, when there are enough programs to fill the GPU; prefill (2k tokens, few adapters) is bound by
+distinct B once and by latency, so a program walks a few H_out blocks in a pipelined loop when there are
+enough programs to fill the GPU; prefill (2k tokens, few adapters) is bound by
 the y traffic, read and written once. A program holds the whole padded rank R in one block (R <= 128):
 the loads past a slot's rank are masked, so mixed ranks move only their own bytes; the padding costs only
 multiply-adds on zeros, at most one rank block of them.
@@ -51,8 +56,9 @@ def _b_block(b_t_ptr, slot, rank, n, n_ok, stride_b_slot, stride_b_rank, BLOCK_R
 
 @triton.jit
 def _expand_kernel(
-    y_ptr, v_ptr, b_t_ptr, token_idx_ptr, scale_ptr, pair_ptr, tiles_ptr, ranks_ptr,
-    hot_slot_ptr, h_out, n_per_program, stride_y, stride_v, stride_b_slot, stride_b_rank,
+    y_ptr, v_ptr, b_t_ptr, token_idx_ptr, scale_ptr, pair_ptr, tiles_ptr, ranks_ptr, hot_slot_ptr,
+    num_blocks, blocks_per_program, width, num_slots, stride_y, stride_v, stride_b_slot, stride_b_rank,
+    size0, size1, size2, start1, start2,
     HAS_HOT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -63,19 +69,27 @@ def _expand_kernel(
     e = first + tl.arange(0, BLOCK_E)
     e_ok = e < end
     t = tl.load(token_idx_ptr + e, mask=e_ok, other=0)
-    v_own, rank = _scaled_v(v_ptr, scale_ptr, ranks_ptr, e, e_ok, slot, stride_v, BLOCK_R)
     if HAS_HOT:
         hot = tl.load(hot_slot_ptr).to(tl.int64)  # a device scalar: a captured graph follows hot switches
         p = tl.load(pair_ptr + e, mask=e_ok, other=-1)
-        v_hot, hot_rank = _scaled_v(v_ptr, scale_ptr, ranks_ptr, p, p >= 0, hot, stride_v, BLOCK_R)
-    n_first = n_group * n_per_program
-    n_end = tl.where(first < end, tl.minimum(n_first + n_per_program, h_out), n_first)  # empty tiles: padding
-    for n0 in range(n_first, n_end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = n < h_out
+    b_first = n_group * blocks_per_program
+    b_end = tl.where(first < end, tl.minimum(b_first + blocks_per_program, num_blocks), b_first)  # empty: padding
+    for blk in range(b_first, b_end):
+        # Column blocks are numbered through the sub-projections in turn (start1, start2: the first block of
+        # sub 1 and sub 2), so no block straddles two of them and each reads its own v columns and Bᵀ columns.
+        j = (blk >= start1).to(tl.int32) + (blk >= start2).to(tl.int32)
+        start = tl.where(j == 0, 0, tl.where(j == 1, start1, start2))
+        size = tl.where(j == 0, size0, tl.where(j == 1, size1, size2))
+        offset = tl.where(j == 0, 0, tl.where(j == 1, size0, size0 + size1))
+        local = (blk - start) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n, n_ok = offset + local, local < size
+        v_own, rank = _scaled_v(v_ptr + j * width, scale_ptr, ranks_ptr + j * num_slots, e, e_ok, slot, stride_v,
+                                BLOCK_R)
         b = _b_block(b_t_ptr, slot, rank, n, n_ok, stride_b_slot, stride_b_rank, BLOCK_R)
         acc = tl.dot(v_own, b, input_precision=PRECISION)
         if HAS_HOT:
+            v_hot, hot_rank = _scaled_v(v_ptr + j * width, scale_ptr, ranks_ptr + j * num_slots, p, p >= 0, hot,
+                                        stride_v, BLOCK_R)
             b_hot = _b_block(b_t_ptr, hot, hot_rank, n, n_ok, stride_b_slot, stride_b_rank, BLOCK_R)
             acc = tl.dot(v_hot, b_hot, acc, input_precision=PRECISION)
         y_block = y_ptr + t[:, None] * stride_y + n[None, :]
@@ -85,28 +99,34 @@ def _expand_kernel(
 
 
 def lora_expand(y: torch.Tensor, v: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> None:
-    """y: [T, H_out] float32/bf16/fp16 (rows may be strided), updated in place; v: [E, R] float32 from the
-    shrink; slots.b_t: [S, R, H_out] contiguous, R <= 128. Rows of tokens without entries are left untouched."""
-    num_slots, max_rank, h_out = slots.b_t.shape
+    """y: [T, ΣH_out] float32/bf16/fp16 (rows may be strided), updated in place; v: [E, n·R] float32 from the
+    shrink; slots.b_t: [S, R, ΣH_out] contiguous, R <= 128, n <= 3. Rows of tokens without entries are left
+    untouched."""
+    num_slots, width, h_out = slots.b_t.shape
+    sizes = slots.out_sizes
     assert y.dim() == 2 and y.shape == (batch.num_tokens, h_out), f"y {tuple(y.shape)} vs B {tuple(slots.b.shape)}"
-    assert v.shape == (batch.num_entries, max_rank) and v.dtype == torch.float32 and v.is_contiguous()
+    assert v.shape == (batch.num_entries, width * len(sizes)) and v.dtype == torch.float32 and v.is_contiguous()
     assert y.stride(1) == 1 and slots.b_t.is_contiguous(), "y rows and Bᵀ must be contiguous"
     assert y.dtype in (torch.float32, torch.bfloat16, torch.float16), f"unsupported y dtype {y.dtype}"
-    assert max_rank <= 128, f"pool rank {max_rank} > 128 would not fit one rank block"
-    assert slots.ranks.dtype == torch.int32 and slots.ranks.shape == (num_slots,)
+    assert width <= 128, f"pool rank {width} > 128 would not fit one rank block"
+    assert len(sizes) <= 3, "at most three sub-projections (q/k/v)"
+    assert slots.ranks.dtype == torch.int32 and slots.ranks.is_contiguous() and slots.ranks.shape[1] == num_slots
     assert batch.token_idx.device == y.device == v.device == slots.b_t.device == batch.expand_tiles.device
     if batch.empty:
         return
-    block_r = max(16, triton.next_power_of_2(max_rank))
-    block_n = min(BLOCK_N if block_r <= 64 else BLOCK_N // 2, max(16, triton.next_power_of_2(h_out)))
-    num_tiles, n_blocks = batch.expand_tiles.shape[0], triton.cdiv(h_out, block_n)
+    block_r = max(16, triton.next_power_of_2(width))
+    block_n = min(BLOCK_N if block_r <= 64 else BLOCK_N // 2, max(16, triton.next_power_of_2(max(sizes))))
+    per_sub = [triton.cdiv(size, block_n) for size in sizes] + [0, 0]
+    n_blocks = sum(per_sub)
+    num_tiles = batch.expand_tiles.shape[0]
     blocks_per_program = max(1, min(MAX_BLOCKS_PER_PROGRAM, num_tiles * n_blocks // MIN_GRID))
     grid = (num_tiles, triton.cdiv(n_blocks, blocks_per_program))
-    has_hot = batch.hot_slot is not None
+    padded = list(sizes) + [0] * (3 - len(sizes))
     _expand_kernel[grid](
         y, v, slots.b_t, batch.token_idx, batch.scale, batch.pair, batch.expand_tiles, slots.ranks,
-        batch.hot_slot_t, h_out, blocks_per_program * block_n,
+        batch.hot_slot_t, n_blocks, blocks_per_program, width, num_slots,
         y.stride(0), v.stride(0), slots.b_t.stride(0), slots.b_t.stride(1),
-        HAS_HOT=has_hot, BLOCK_E=batch.tile_entries, BLOCK_N=block_n, BLOCK_R=block_r,
+        *padded, per_sub[0] if len(sizes) > 1 else n_blocks, per_sub[0] + per_sub[1] if len(sizes) > 2 else n_blocks,
+        HAS_HOT=batch.hot_slot is not None, BLOCK_E=batch.tile_entries, BLOCK_N=block_n, BLOCK_R=block_r,
         PRECISION="ieee" if slots.b_t.dtype == torch.float32 else "tf32",
     )

@@ -4,7 +4,9 @@ Grid (rank block x K split, tile): a tile is a run of at most `batch.tile_entrie
 program reads its slice of one adapter's A once for all its entries while it gathers their rows of x. The
 rank block is the fastest grid axis, so the programs of one tile run side by side and share its x rows in L2.
 A slot's rank is read on the device (`slots.ranks`), so the launch needs no host sync: rank blocks past it
-load nothing and only write zeros, and rank-0 slots (projection not targeted) cost just that.
+load nothing and only write zeros, and rank-0 slots (projection not targeted) cost just that. A group of
+projections of the same x (q/k/v, gate/up) stacks their A along the rank, so one launch computes all their v
+columns; each rank block belongs to one sub-projection (R is a multiple of BLOCK_R) and masks by its rank.
 
 A tile is at most 16-32 rows by 16 rank columns, so one program's dot over all of H_in is a long serial chain
 on one SM: on an H200 a 11008-wide shrink took 30 µs at decode batch 128 that way. So the wrapper splits H_in
@@ -29,7 +31,7 @@ MAX_K_BLOCKS = 8  # the most H_in blocks one program walks: its serial dot chain
 @triton.jit
 def _shrink_kernel(
     x_ptr, a_ptr, v_ptr, token_idx_ptr, tiles_ptr, ranks_ptr,
-    h_in, max_rank, split_k, k_per_split, stride_x, stride_a_slot, stride_a_rank, stride_v,
+    h_in, width, num_rows, num_slots, split_k, k_per_split, stride_x, stride_a_slot, stride_a_rank, stride_v,
     BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -38,18 +40,20 @@ def _shrink_kernel(
     first = tl.load(tiles_ptr + tile * 3)
     end = tl.load(tiles_ptr + tile * 3 + 1)
     slot = tl.load(tiles_ptr + tile * 3 + 2).to(tl.int64)
-    rank = tl.load(ranks_ptr + slot)
+    sub = r_block * BLOCK_R // width  # the sub-projection whose rank rows this block reads (width % BLOCK_R == 0)
+    rank = tl.load(ranks_ptr + sub * num_slots + slot)
     e = first + tl.arange(0, BLOCK_E)
     e_ok = e < end
-    r = r_block * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = r_block * BLOCK_R + tl.arange(0, BLOCK_R)  # rows of the stacked A, columns of v
     t = tl.load(token_idx_ptr + e, mask=e_ok, other=0)
-    r_ok = r < rank
+    r_ok = r - sub * width < rank
     x_rows = x_ptr + t[:, None] * stride_x
     a_rows = a_ptr + slot * stride_a_slot + r[:, None] * stride_a_rank
     acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)  # not tl.zeros: see _precision
     k_first = split * k_per_split
     # No work past the slot's rank, nor for an empty tile (the padding of a CUDA-graph bucket).
-    k_end = tl.where((r_block * BLOCK_R < rank) & (first < end), tl.minimum(k_first + k_per_split, h_in), k_first)
+    active = (r_block * BLOCK_R - sub * width < rank) & (first < end)
+    k_end = tl.where(active, tl.minimum(k_first + k_per_split, h_in), k_first)
     for k0 in range(k_first, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < h_in
@@ -57,7 +61,7 @@ def _shrink_kernel(
         a = tl.load(a_rows + k[None, :], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
         acc += tl.dot(xs.to(tl.float32), tl.trans(a.to(tl.float32)), input_precision=PRECISION)
     v_block = v_ptr + e[:, None] * stride_v + r[None, :]
-    mask = e_ok[:, None] & (r[None, :] < max_rank)
+    mask = e_ok[:, None] & (r[None, :] < num_rows)
     if ATOMIC:
         tl.atomic_add(v_block, acc, mask=mask, sem="relaxed")
     else:
@@ -65,23 +69,25 @@ def _shrink_kernel(
 
 
 def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Tensor:
-    """x: [T, H_in] (rows may be strided); slots.a: [S, R, H_in] contiguous, same dtype as x.
-    Returns v: [E, R] float32, every element written; columns past an entry's rank are zero."""
-    num_slots, max_rank, h_in = slots.a.shape
+    """x: [T, H_in] (rows may be strided); slots.a: [S, n·R, H_in] contiguous, same dtype as x.
+    Returns v: [E, n·R] float32, every element written; columns past an entry's rank are zero."""
+    num_slots, num_rows, h_in = slots.a.shape
+    width = slots.rank_width
     assert x.dim() == 2 and x.shape == (batch.num_tokens, h_in), f"x {tuple(x.shape)} vs A {tuple(slots.a.shape)}"
     assert x.stride(1) == 1 and slots.a.is_contiguous(), "x rows and A must be contiguous"
     assert x.dtype == slots.a.dtype, f"x is {x.dtype} but A is {slots.a.dtype}"
-    assert slots.ranks.dtype == torch.int32 and slots.ranks.shape == (num_slots,)
+    assert slots.ranks.dtype == torch.int32 and slots.ranks.is_contiguous() and slots.ranks.shape[1] == num_slots
+    assert width % BLOCK_R == 0 or len(slots.out_sizes) == 1, "a rank block must not straddle sub-projections"
     assert batch.token_idx.device == x.device == slots.a.device == batch.shrink_tiles.device
-    r_blocks, k_blocks = triton.cdiv(max_rank, BLOCK_R), triton.cdiv(h_in, BLOCK_K)
+    r_blocks, k_blocks = triton.cdiv(num_rows, BLOCK_R), triton.cdiv(h_in, BLOCK_K)
     num_tiles = batch.shrink_tiles.shape[0]
     split_k = max(triton.cdiv(k_blocks, MAX_K_BLOCKS), min(k_blocks, BUSY_GRID // max(1, r_blocks * num_tiles)))
-    v = (torch.zeros if split_k > 1 else torch.empty)(batch.num_entries, max_rank, dtype=torch.float32, device=x.device)
+    v = (torch.zeros if split_k > 1 else torch.empty)(batch.num_entries, num_rows, dtype=torch.float32, device=x.device)
     if batch.empty:
         return v
     _shrink_kernel[(r_blocks * split_k, num_tiles)](
         x, slots.a, v, batch.token_idx, batch.shrink_tiles, slots.ranks,
-        h_in, max_rank, split_k, triton.cdiv(k_blocks, split_k) * BLOCK_K,
+        h_in, width, num_rows, num_slots, split_k, triton.cdiv(k_blocks, split_k) * BLOCK_K,
         x.stride(0), slots.a.stride(0), slots.a.stride(1), v.stride(0),
         BLOCK_E=batch.tile_entries, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, ATOMIC=split_k > 1,
         PRECISION=_precision(x.dtype),
