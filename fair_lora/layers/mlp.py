@@ -1,7 +1,7 @@
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fair_lora.kernels.elementwise import gated_silu
 from fair_lora.kernels.lora_batch import LoRABatch
 from fair_lora.layers.lora_linear import LoRALinear
 
@@ -16,4 +16,4 @@ class GatedMLP(nn.Module):
         self.down_proj = LoRALinear(intermediate, hidden)
 
     def forward(self, x: torch.Tensor, lora: LoRABatch) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x, lora)) * self.up_proj(x, lora), lora)
+        return self.down_proj(gated_silu(self.gate_proj(x, lora), self.up_proj(x, lora)), lora)

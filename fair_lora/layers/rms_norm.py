@@ -1,6 +1,8 @@
 import torch
 from torch import nn
 
+from fair_lora.kernels.elementwise import rms_norm
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -8,9 +10,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same op order as transformers' LlamaRMSNorm, so float32 results match it bit for bit.
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, residual: [T, H]. Returns (norm(h), h) with h = x + residual, or x when there is no residual yet:
+        the residual add rides along with the norm, one kernel on the GPU. `residual` is consumed."""
+        return rms_norm(x, self.weight, self.eps, residual)

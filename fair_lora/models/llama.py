@@ -38,9 +38,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = GatedMLP(args.hidden_size, args.intermediate_size)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, batch)
-        return x + self.mlp(self.post_attention_layernorm(x), batch.lora)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor, batch: ForwardBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: the last block's output, not yet in the residual stream; residual: the stream (None in the first
+        layer, whose x is the embeddings); [T, H] each. Returns the same pair for the next layer. vLLM's residual
+        flow: each norm first adds the pending output into the stream, so add and norm are one GPU kernel."""
+        h, residual = self.input_layernorm(x, residual)
+        h = self.self_attn(h, positions, batch)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h, batch.lora), residual
 
 
 class LlamaModel(nn.Module):
@@ -52,10 +59,10 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            x = layer(x, positions, batch)
-        return self.norm(x)
+            x, residual = layer(x, residual, positions, batch)
+        return self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):
