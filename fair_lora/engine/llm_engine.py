@@ -48,7 +48,7 @@ class LLMEngine:
         linears = self.model.lora_linears()
         self.shapes = {path: (m.in_features, m.out_features) for path, m in linears.items()}
         self.pool = AdapterPool(
-            linears, config.max_adapter_slots, config.max_lora_rank, config.torch_dtype, config.device
+            self.model.lora_groups(), config.max_adapter_slots, config.max_lora_rank, config.torch_dtype, config.device
         )
         parents = sorted({Path(p).resolve().parent for p in adapters.values()})
         self.adapter_roots = [Path(r) for r in config.adapter_roots] or parents

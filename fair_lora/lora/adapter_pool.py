@@ -8,18 +8,21 @@ import torch
 
 from fair_lora.errors import AdapterInUseError, AdapterNameError, AdapterPoolFullError, UnknownAdapterError
 from fair_lora.kernels.lora_slots import LoRASlots
+from fair_lora.layers.fused_projection import LoRAGroup
 from fair_lora.layers.lora_linear import LoRALinear
 from fair_lora.lora.adapter import LoRAAdapter
 
 
 class AdapterPool:
-    def __init__(
-        self, linears: dict[str, LoRALinear], num_slots: int, max_rank: int, dtype: torch.dtype, device
-    ) -> None:
-        self.linears = linears
+    def __init__(self, groups: list[LoRAGroup], num_slots: int, max_rank: int, dtype: torch.dtype, device) -> None:
+        self.linears: dict[str, LoRALinear] = {path: m for g in groups for path, m in g.members.items()}
         self.num_slots = num_slots
-        for m in linears.values():
-            m.slots = LoRASlots.empty(num_slots, max_rank, m.in_features, m.out_features, dtype, device)
+        for g in groups:  # one LoRASlots per group, which its runner's correction reads; members write views
+            members = list(g.members.values())
+            sizes = tuple(m.out_features for m in members)
+            g.runner.slots = LoRASlots.empty(num_slots, max_rank, members[0].in_features, sizes, dtype, device)
+            for j, m in enumerate(members):
+                m.slots = g.runner.slots if m is g.runner else g.runner.slots.sub(j)
         self.adapters: dict[str, LoRAAdapter] = {}
         self.slot_of: OrderedDict[str, int] = OrderedDict()  # resident adapters, least recently used first
         self.pins: Counter[str] = Counter()

@@ -7,6 +7,7 @@ from torch import nn
 
 from fair_lora.layers.attention import Attention
 from fair_lora.layers.forward_batch import ForwardBatch
+from fair_lora.layers.fused_projection import FusedProjection, LoRAGroup
 from fair_lora.layers.lora_linear import LoRALinear
 from fair_lora.layers.mlp import GatedMLP
 from fair_lora.layers.rms_norm import RMSNorm
@@ -83,3 +84,19 @@ class LlamaForCausalLM(nn.Module):
     def lora_linears(self) -> dict[str, LoRALinear]:
         """Every LoRA-aware projection by its transformers module path, e.g. 'model.layers.0.self_attn.q_proj'."""
         return {name: m for name, m in self.named_modules() if isinstance(m, LoRALinear)}
+
+    def fuse_projections(self) -> None:
+        """Stack q/k/v and gate/up weights into their fused projections; once, after the weights are loaded."""
+        for m in self.modules():
+            if isinstance(m, FusedProjection):
+                m.fuse()
+
+    def lora_groups(self) -> list[LoRAGroup]:
+        """Every LoRA-aware projection in exactly one group: a fused projection's members, or itself alone."""
+        linears = self.lora_linears()
+        path = {id(m): name for name, m in linears.items()}
+        fused = [m for m in self.modules() if isinstance(m, FusedProjection)]
+        grouped = {id(p) for f in fused for p in f.parts}
+        return [LoRAGroup(f, {path[id(p)]: p for p in f.parts}) for f in fused] + [
+            LoRAGroup(m, {name: m}) for name, m in linears.items() if id(m) not in grouped
+        ]

@@ -95,7 +95,9 @@ def load_model(
     with torch.device("meta"):  # no memory for weights that the checkpoint overwrites anyway
         model = LlamaForCausalLM(args, rotary)
     if dummy:
-        return _random_weights(model, dtype, device), config
+        model = _random_weights(model, dtype, device)
+        model.fuse_projections()
+        return model, config
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded: set[str] = set()
     for path in weight_files(model_dir):
@@ -118,6 +120,7 @@ def load_model(
     missing = sorted(set(params) - loaded)
     if missing:
         raise ModelFormatError(f"{model_dir}: weights missing from the safetensors files: {missing[:5]}")
+    model.fuse_projections()
     return model.eval(), config
 
 
