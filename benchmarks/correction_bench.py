@@ -6,7 +6,7 @@ then checks the Triton result against the torch reference and times graph replay
 (F.linear), the shrink, the expand, and both. Bytes counted: the distinct adapters' A and B, x once, y read and
 written once; "vs GEMM" is the correction's time over the base GEMM's (the share it adds to that projection).
 
-The summary multiplies out a Llama-2-7B step: 32 layers × (4 × 4096→4096 + 2 × 4096→11008 + 11008→4096).
+The summary multiplies out a Llama-2-7B step: 32 layers × the four projection groups.
 --vary sets a kernel module's tuning constant to each listed value in turn (every combination is measured).
 
     python -m benchmarks.correction_bench            # on the GPU machine
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from benchmarks.attention_bench import graph_replay, timed
 
-SHAPES = {"q/k/v/o 4096→4096": (4096, 4096), "gate/up 4096→11008": (4096, 11008), "down 11008→4096": (11008, 4096)}
-PER_LAYER = {(4096, 4096): 4, (4096, 11008): 2, (11008, 4096): 1}  # Llama-2-7B projections of each shape
+# A projection group: its input width and its members' output widths (fused q/k/v and gate/up, as the model runs)
+SHAPES = {"q/k/v 4096→3×4096": (4096, (4096,) * 3), "o 4096→4096": (4096, (4096,)),
+          "gate/up 4096→2×11008": (4096, (11008,) * 2), "down 11008→4096": (11008, (4096,))}
 LAYERS = 32
 REPEAT = 20  # launches per graph replay: a replay's own ~9 µs would otherwise hide short kernels
 # (name, share of hot tokens, distinct cold adapters); a hot share of 0 means nothing is merged (slora).
@@ -58,7 +59,7 @@ def padded(batch, size: int, num_slots: int):
                    expand_tiles=pad(batch.expand_tiles, tiles, 0))
 
 
-def row(shape: tuple[int, int], size: int, mix, args, device, dtype, gen) -> dict:
+def row(shape: tuple[int, tuple[int, ...]], size: int, mix, args, device, dtype, gen) -> dict:
     from fair_lora.kernels.lora_batch import build_lora_batch
     from fair_lora.kernels.lora_correction import lora_correction
     from fair_lora.kernels.lora_expand import lora_expand
@@ -67,12 +68,14 @@ def row(shape: tuple[int, int], size: int, mix, args, device, dtype, gen) -> dic
     from fair_lora.kernels.lora_shrink_ref import lora_shrink_ref
     from fair_lora.kernels.lora_slots import LoRASlots
 
-    h_in, h_out = shape
+    h_in, sizes = shape
+    h_out = sum(sizes)
     name, hot_share, distinct = mix
-    slots = LoRASlots.empty(args.slots, args.rank, h_in, h_out, dtype, device)
-    for s in range(args.slots):
-        slots.write(s, torch.randn(args.rank, h_in, generator=gen, device=device, dtype=dtype) * h_in**-0.5,
-                    torch.randn(h_out, args.rank, generator=gen, device=device, dtype=dtype) * args.rank**-0.5)
+    slots = LoRASlots.empty(args.slots, args.rank, h_in, sizes, dtype, device)
+    for j, width in enumerate(sizes):
+        for s in range(args.slots):
+            slots.sub(j).write(s, torch.randn(args.rank, h_in, generator=gen, device=device, dtype=dtype) * h_in**-0.5,
+                               torch.randn(width, args.rank, generator=gen, device=device, dtype=dtype) * args.rank**-0.5)
     per_token, hot = token_slots(size, hot_share, distinct, args.slots)
     batch = build_lora_batch(torch.tensor(per_token), torch.full((args.slots,), 2.0), hot, device)
     static = padded(batch, size, args.slots)
@@ -80,13 +83,13 @@ def row(shape: tuple[int, int], size: int, mix, args, device, dtype, gen) -> dic
     w = torch.randn(h_out, h_in, generator=gen, device=device, dtype=dtype) * h_in**-0.5
     y0 = F.linear(x, w)
     ref = y0.float().clone()
-    lora_expand_ref(ref, lora_shrink_ref(x.float(), replace(slots, a=slots.a.float(), b_t=slots.b_t.float()), batch),
-                    replace(slots, b_t=slots.b_t.float()), batch)
+    f32 = replace(slots, a=slots.a.float(), b_t=slots.b_t.float())
+    lora_expand_ref(ref, lora_shrink_ref(x.float(), f32, batch), f32, batch)
     y = y0.clone()
     lora_correction(y, x, slots, static)
     error = ((y.float() - ref).norm() / (ref - y0.float()).norm().clamp_min(1e-30)).item()
     v = lora_shrink(x, slots, static)
-    out = {"shape": f"{h_in}→{h_out}", "hw": shape, "B": size, "mix": name, "error": error}
+    out = {"shape": f"{h_in}→{'+'.join(map(str, sizes))}", "B": size, "mix": name, "error": error}
     if device.type == "cuda":
         runs = {"gemm": lambda: F.linear(x, w), "shrink": lambda: lora_shrink(x, slots, static),
                 "expand": lambda: lora_expand(y, v, slots, static),
@@ -105,7 +108,7 @@ def summary(rows: list[dict]) -> str:
     for r in rows:
         if "correction" in r:
             key = (r["variant"], r["B"], r["mix"])
-            steps[key] = steps.get(key, 0.0) + LAYERS * PER_LAYER[r["hw"]] * r["correction"]
+            steps[key] = steps.get(key, 0.0) + LAYERS * r["correction"]
     lines = ["| variant | B | mix | correction per step ms |", "|---|---:|---|---:|"]
     lines += [f"| {v} | {b} | {m} | {t * 1e3:.2f} |" for (v, b, m), t in steps.items()]
     return "\n".join(lines)
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.tiny:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         os.environ["FAIR_LORA_TRITON"] = "1"
-        shapes, args.batches, args.slots, args.rank, args.iters = {"tiny": (48, 80)}, "3", 6, 8, 1
+        shapes, args.batches, args.slots, args.rank, args.iters = {"tiny": (48, (80, 32))}, "3", 6, 8, 1
     import triton
 
     device = torch.device("cpu" if args.tiny else "cuda")
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> str:
             for size in (int(b) for b in args.batches.split(",")):
                 for mix in mixes:
                     rows.append({"variant": label, **row(shape, size, mix, args, device, dtype, gen)})
-                    print(f"{label} {rows[-1]['shape']} B={size} {mix[0]}: done", flush=True)
+                    print(table(rows[-1:]).splitlines()[-1], flush=True)  # each row as it comes: a run may be cut
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreted)"
     report = (f"{name}, torch {torch.__version__}, triton {triton.__version__}, {dtype}, rank {args.rank}, "
               f"{args.slots} slots, graph replays\n\n" + table(rows))
