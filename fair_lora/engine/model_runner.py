@@ -1,11 +1,13 @@
 """Turns a scheduled step into one flat forward: token ids, positions, the paged-cache metadata and the
 correction metadata, then runs the model and returns the logits of the sequences that sample."""
+import numpy as np
 import torch
 
 from fair_lora.engine.decode_graphs import DecodeGraphs
+from fair_lora.engine.host_upload import HostUpload
 from fair_lora.engine.scheduler import ScheduledSeq
 from fair_lora.kernels.attention_metadata import AttentionMetadata
-from fair_lora.kernels.lora_batch import build_lora_batch
+from fair_lora.kernels.lora_batch import lora_batch_on_device, lora_tables
 from fair_lora.layers.forward_batch import ForwardBatch
 from fair_lora.models.llama import LlamaForCausalLM
 
@@ -17,6 +19,7 @@ class ModelRunner:
     ) -> None:
         self.model, self.block_size, self.device = model, block_size, torch.device(device)
         self.graphs = graphs
+        self.upload = HostUpload(self.device)
         args = model.args
         # One block more than the block manager hands out: CUDA-graph padding rows write their k/v there.
         shape = (num_blocks + 1, block_size, args.num_kv_heads, args.head_dim)
@@ -42,7 +45,8 @@ class ModelRunner:
             seq, start, end = s.seq, s.seq.num_computed, s.seq.num_computed + s.num_new
             ids += seq.token_ids[start:end]
             pos += range(start, end)
-            slots += [seq.block_table[p // self.block_size] * self.block_size + p % self.block_size for p in range(start, end)]
+            table, size = seq.block_table, self.block_size
+            slots += [table[p // size] * size + p % size for p in range(start, end)]
             token_slots += [adapter_slot] * s.num_new
             query_start.append(query_start[-1] + s.num_new)
             context_lens.append(end)
@@ -50,18 +54,29 @@ class ModelRunner:
                 sample_rows.append(query_start[-1] - 1)
         width = max(len(s.seq.block_table) for s in scheduled)
         tables = [s.seq.block_table + [-1] * (width - len(s.seq.block_table)) for s in scheduled]
+        lora = lora_tables(np.array(token_slots, dtype=np.int64), slot_scales.numpy(), hot_slot)
+        # One int64 array, one copy: the int64 fields first, then the int32 ones (scales as their float32 bits).
+        wide = [ids, pos, slots, sample_rows, lora.token_idx]
+        narrow = [query_start, context_lens, np.array(tables).reshape(-1), np.concatenate(lora.ints),
+                  lora.scale.view(np.int32)]
+        parts = [np.asarray(a, dtype=np.int64) for a in wide + narrow]
+        device = self.upload(np.concatenate(parts))
+        n_wide = sum(len(a) for a in parts[: len(wide)])
+        ids_t, pos_t, slot_mapping, logits_rows, token_idx = device[:n_wide].split([len(a) for a in parts[: len(wide)]])
+        fields = device[n_wide:].int().split([len(a) for a in parts[len(wide) :]])
+        query_start_t, context_lens_t, tables_t, ints, scale = fields
         attn = AttentionMetadata(
-            slot_mapping=self._tensor(slots, torch.int64),
-            query_start=self._tensor(query_start, torch.int32),
-            context_lens=self._tensor(context_lens, torch.int32),
-            block_tables=self._tensor(tables, torch.int32),
+            slot_mapping=slot_mapping,
+            query_start=query_start_t,
+            context_lens=context_lens_t,
+            block_tables=tables_t.view(len(scheduled), width),
             query_start_host=tuple(query_start),
             context_lens_host=tuple(context_lens),
             max_query_len=max(s.num_new for s in scheduled),
         )
-        lora = build_lora_batch(torch.tensor(token_slots), slot_scales, hot_slot, self.device)
-        batch = ForwardBatch(attn=attn, lora=lora, logits_rows=self._tensor(sample_rows, torch.int64))
-        return self._tensor(ids, torch.int64), self._tensor(pos, torch.int64), batch
-
-    def _tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=self.device)
+        batch = ForwardBatch(
+            attn=attn,
+            lora=lora_batch_on_device(lora, token_idx, scale.view(torch.float32), ints),
+            logits_rows=logits_rows,
+        )
+        return ids_t, pos_t, batch

@@ -44,17 +44,28 @@ class LoRABatch:
         return self.num_entries == 0
 
 
-def build_lora_batch(
-    token_slots: torch.Tensor, slot_scales: torch.Tensor, hot_slot: int | None, device: torch.device | str
-) -> LoRABatch:
-    """token_slots: [T] int, each token's adapter slot, -1 for the base model (host tensor).
-    slot_scales: [S] float32, each slot's scaling (lora_alpha / r, or / sqrt(r) with rsLoRA) (host tensor).
+@dataclass(frozen=True)
+class LoRATables:
+    """A batch's correction metadata on the host, before it goes to the device (see `lora_batch_on_device`)."""
+    num_tokens: int
+    token_idx: np.ndarray  # [E] int64
+    scale: np.ndarray  # [E] float32
+    ints: tuple[np.ndarray, ...]  # int32 values: entry slots, hot pairs, the hot slot, shrink tiles, expand tiles
+    seg_start_host: tuple[int, ...]
+    seg_slot_host: tuple[int, ...]
+    hot_slot: int | None
+    tile_entries: int
+
+
+def lora_tables(token_slots: np.ndarray, slot_scales: np.ndarray, hot_slot: int | None) -> LoRATables:
+    """token_slots: [T] int, each token's adapter slot, -1 for the base model.
+    slot_scales: [S] float32, each slot's scaling (lora_alpha / r, or / sqrt(r) with rsLoRA).
     hot_slot: the slot merged into the base weights, or None.
 
-    This runs on the host before every forward, so it is numpy (no thread-pool start-up per small op, which
-    cost milliseconds per step on a many-core host) and sends its int32 tables to the device in one copy."""
-    slots = token_slots.numpy().astype(np.int64)
-    scales = slot_scales.numpy().astype(np.float32)
+    This runs on the host before every forward, so it is numpy: no thread-pool start-up per small op, which
+    cost milliseconds per step on a many-core host."""
+    slots = np.asarray(token_slots).astype(np.int64)
+    scales = np.asarray(slot_scales).astype(np.float32)
     rows = np.arange(len(slots))
     own = (slots >= 0) if hot_slot is None else (slots >= 0) & (slots != hot_slot)
     parts_idx, parts_slot, parts_scale = [rows[own]], [slots[own]], [scales[slots[own]]]
@@ -73,28 +84,47 @@ def build_lora_batch(
     expand_ends = seg_start[1:].copy()  # the expand owns the non-hot segments and the hot one's base prefix
     if hot_slot is not None:
         expand_ends[seg_slot == hot_slot] = seg_start[:-1][seg_slot == hot_slot] + num_base
-    tables = [
-        slot, _hot_pairs(idx, slot, len(slots), hot_slot), [hot_slot or 0],
+    ints = (
+        slot, _hot_pairs(idx, slot, len(slots), hot_slot), np.array([hot_slot or 0]),
         _tiles(seg_start[:-1], seg_start[1:], seg_slot, tile_entries),
         _tiles(seg_start[:-1], expand_ends, seg_slot, tile_entries),
-    ]
-    flat = [np.asarray(t, dtype=np.int32).reshape(-1) for t in tables]
-    packed = torch.from_numpy(np.concatenate(flat)).to(device)
-    entry_slot, pair, hot_t, shrink, expand = packed.split([len(t) for t in flat])
+    )
+    return LoRATables(
+        num_tokens=len(slots), token_idx=idx, scale=scale,
+        ints=tuple(np.asarray(t, dtype=np.int32).reshape(-1) for t in ints),
+        seg_start_host=tuple(seg_start.tolist()), seg_slot_host=tuple(seg_slot.tolist()),
+        hot_slot=hot_slot, tile_entries=tile_entries,
+    )
+
+
+def lora_batch_on_device(
+    tables: LoRATables, token_idx: torch.Tensor, scale: torch.Tensor, ints: torch.Tensor
+) -> LoRABatch:
+    """The batch over device copies of `tables`: token_idx int64, scale float32, ints its int32 tables in one."""
+    entry_slot, pair, hot_t, shrink, expand = ints.split([len(t) for t in tables.ints])
     return LoRABatch(
-        num_tokens=len(slots),
-        token_idx=torch.from_numpy(idx).to(device),
-        scale=torch.from_numpy(scale).to(device),
+        num_tokens=tables.num_tokens,
+        token_idx=token_idx,
+        scale=scale,
         entry_slot=entry_slot,
-        seg_start_host=tuple(seg_start.tolist()),
-        seg_slot_host=tuple(seg_slot.tolist()),
-        hot_slot=hot_slot,
+        seg_start_host=tables.seg_start_host,
+        seg_slot_host=tables.seg_slot_host,
+        hot_slot=tables.hot_slot,
         hot_slot_t=hot_t,
         pair=pair,
-        tile_entries=tile_entries,
+        tile_entries=tables.tile_entries,
         shrink_tiles=shrink.view(-1, 3),
         expand_tiles=expand.view(-1, 3),
     )
+
+
+def build_lora_batch(
+    token_slots: torch.Tensor, slot_scales: torch.Tensor, hot_slot: int | None, device: torch.device | str
+) -> LoRABatch:
+    """`lora_tables` of host tensors, sent to `device` (the engine's runner packs them with its other inputs)."""
+    t = lora_tables(token_slots.numpy(), slot_scales.numpy(), hot_slot)
+    ints = torch.from_numpy(np.concatenate(t.ints)).to(device)
+    return lora_batch_on_device(t, torch.from_numpy(t.token_idx).to(device), torch.from_numpy(t.scale).to(device), ints)
 
 
 def max_tiles(num_entries: int, num_slots: int, tile_entries: int) -> int:
