@@ -7,10 +7,10 @@ Floor: each projection's W read once and W' written once, at the device copy ban
     python -m benchmarks.merge_bench [--tiles 64x128,128x128]
 """
 import argparse
-import statistics
 
 import torch
 
+from benchmarks.attention_bench import timed as timed_s
 from benchmarks.correction_bench import LAYERS
 
 PER_LAYER = {(4096, 4096): 4, (4096, 11008): 2, (11008, 4096): 1}  # Llama-2-7B projections (H_in, H_out)
@@ -64,22 +64,14 @@ def error(out: torch.Tensor, w: torch.Tensor, b_t: torch.Tensor, a: torch.Tensor
     return ((out.double() - exact).abs() / (terms * 2.0**-8)).max().item()
 
 
+def timed(fn, reps: int) -> float:
+    """Median milliseconds of one call."""
+    return timed_s(fn, reps, torch.device("cuda")) * 1e3
+
+
 def check(projections: list) -> float:
     """The worst error (see `error`) over a sample of the projections: float64 copies of all would not fit."""
     return max(error(*p) for p in projections[:: len(projections) // 7])
-
-
-def timed(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 if __name__ == "__main__":
