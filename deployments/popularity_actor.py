@@ -2,7 +2,8 @@
 
 Its state is soft. Ingress replicas feed it request counts; workers poll it for their assignment and report
 their state. After a restart the window refills from new traffic; until it holds `min_requests` requests
-the actor answers `planned=False` and workers keep the adapter they have merged. The adapters loaded at
+the actor answers `planned=False` and workers keep the adapter they have merged, which the planner adopts
+from their reports, so its first plan moves only the merges the new window no longer supports. The adapters loaded at
 runtime are rebuilt from the workers' reports, minus those unloaded since the actor started.
 """
 import time
@@ -47,13 +48,15 @@ class PopularityActor:
         for name, path in report.runtime_adapters.items():
             if name not in self._unloaded:
                 self._registered.setdefault(name, path)
-        plan = self._plan(report.world_size)
+        if report.world_size != len(self._planner.current):
+            self._planner.resize(report.world_size)
+        if not self._planned and report.rank < report.world_size:
+            self._planner.adopt(report.rank, report.hot_adapter)  # before the first plan: learn the merges
+        plan = self._plan()
         hot = plan[report.rank] if report.rank < len(plan) else None
         return Assignment(hot_adapter=hot, planned=self._planned, runtime_adapters=dict(self._registered))
 
-    def _plan(self, world_size: int) -> list[str | None]:
-        if world_size != len(self._planner.current):
-            self._planner.resize(world_size)
+    def _plan(self) -> list[str | None]:
         plan = self._planner.plan(self._window)
         self._planned = self._planned or self._window.total() >= self.config.min_requests
         return plan

@@ -180,6 +180,13 @@ class WorkerPlanner:
         self._plan = self._plan[:num_workers] + [None] * extra
         self._changed_at = self._changed_at[:num_workers] + [None] * extra
 
+    def adopt(self, rank: int, adapter: str | None) -> None:
+        """Take what worker `rank` holds merged as its current plan, with no dwell to wait out: how a planner
+        that restarted (a new popularity actor) learns the fleet's state, so its first plan keeps every worker
+        whose adapter still deserves a seat instead of reshuffling the merges."""
+        self._plan[rank] = adapter
+        self._changed_at[rank] = None
+
     def plan(self, window: PopularityWindow) -> list[str | None]:
         if window.total() < self.config.min_requests:
             return self.current

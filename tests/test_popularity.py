@@ -228,6 +228,21 @@ def test_same_adapter_set_keeps_its_workers_when_shares_swap(clock):
         assert planner.plan(window) == first
 
 
+def test_restarted_planner_adopts_the_workers_merges_and_keeps_them(clock):
+    """A new popularity actor learns what each worker holds merged; its first plan keeps those that still
+    deserve a seat, where a planner starting from nothing would place them in its own order."""
+    window = full_window(clock)
+    window.merge_counts({"a": 60, "b": 40})
+    fresh = WorkerPlanner(2, window.config, clock).plan(window)
+    restarted = WorkerPlanner(2, window.config, clock)
+    restarted.adopt(0, fresh[1])
+    restarted.adopt(1, fresh[0])
+    assert restarted.plan(window) == [fresh[1], fresh[0]]  # no merge moves
+    clock.advance(1)  # adopted merges have no dwell to wait out: a shift re-plans at once
+    window.merge_counts({"c": 1000})
+    assert sorted(restarted.plan(window), key=str) == ["c", "c"]
+
+
 def test_new_hot_adapter_takes_a_free_worker_and_the_held_one_stays(clock):
     window = full_window(clock)
     planner = WorkerPlanner(2, window.config, clock)
