@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, the correction kernels alone, and step profiles. Logs go to $OUT.
-# Usage (on the GPU machine, repository root): bash benchmarks/gpu_check.sh [tests|kernels|profile]...
+# Usage (on the GPU machine, repository root): bash benchmarks/gpu_check.sh [tests|kernels|sweep|merge|profile]...
+# (no argument: tests kernels profile). The engine benchmark is its own call: python -m benchmarks.engine_bench.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/fair_lora_gpu}; mkdir -p "$out"
@@ -10,6 +11,11 @@ for part in "${parts[@]}"; do
   case $part in
     tests) python -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" | tail -6 ;;
     kernels) python -m benchmarks.correction_bench 2>&1 | tee "$out/correction_bench.log" | grep '^|' ;;
+    sweep)  # the grouped expand's tiling (~2 min): pick from the per-step summary at the end
+      python -m benchmarks.correction_bench --batches 32,128 --mixes 1,2 --iters 30 \
+        --vary lora_expand.MAX_BLOCKS_PER_PROGRAM=2,4 --vary lora_expand.BLOCK_N=64,128 2>&1 \
+        | tee "$out/expand_sweep.log" | sed -n '/correction per step/,$p' ;;
+    merge) python -m benchmarks.merge_bench 2>&1 | tee "$out/merge_bench.log" | tail -8 ;;
     profile)
       for case in "1 slora" "32 base" "32 slora" "32 cold" "32 hot"; do
         set -- $case
