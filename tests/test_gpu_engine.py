@@ -1,14 +1,23 @@
 """The engine on CUDA (Triton kernels, CUDA-graph decode) against transformers + peft. Skipped without a GPU."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 from fair_lora.demo import DemoSpec, make_demo
 from tests.engine_helpers import PROMPTS, assert_matches_oracle, greedy, make_engine, request_mix
 from tests.hf_oracle import HFOracle
+from tests.test_bf16_agreement import (
+    MAX_TOKENS, check_bf16_agreement, decisive_requests, peft_model, teacher_forced_logits
+)
 
 pytestmark = pytest.mark.gpu
 GPU_SPEC = DemoSpec(seed=11, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                     num_key_value_heads=2, num_adapters=6, use_rslora_every=3)
+# Measured on the CPU (engine on its torch reference ops, 1152 positions): peft-bf16 vs fp32 99.83%, engine-bf16 vs
+# peft-bf16 99.91%, an adapter changes the greedy choice on 3.0% of positions. At 120 peft-bf16 drops to ~99.5%;
+# from 160 on the adapters hardly change anything.
+DECISIVE_GPU_SPEC = replace(GPU_SPEC, decisive=140.0)
 
 
 @pytest.fixture(scope="module")
@@ -45,47 +54,30 @@ def test_cuda_graphs_give_the_same_tokens_as_eager(gpu_demo):
         assert max(abs(a - b) for a, b in zip(eager.logprobs, graphed.logprobs)) < 1e-4
 
 
-def _teacher_forced_logits(model, outputs, dtype):
-    """transformers + peft logits at every generated position, fed the engine's own tokens."""
-    rows = []
-    for out in outputs:
-        ids = torch.tensor([out.prompt_token_ids + out.token_ids], device="cuda")
-        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            if out.adapter is None:
-                with model.disable_adapter():
-                    logits = model(ids).logits[0].float()
-            else:
-                model.set_adapter(out.adapter)
-                logits = model(ids).logits[0].float()
-        n = len(out.prompt_token_ids)
-        rows.append(logits[n - 1 : n - 1 + len(out.token_ids)])
-    return torch.cat(rows)
+def test_bf16_engine_agrees_with_peft_bf16_on_a_decisive_model(tmp_path_factory):
+    """Issue 4, asserted: >= 99% raw agreement with peft in bf16, CUDA graphs on, a hot adapter merged, every
+    adapter and the base model in one batch. See tests/test_bf16_agreement.py for the model and the three checks."""
+    demo = make_demo(tmp_path_factory.mktemp("decisive-gpu-demo"), DECISIVE_GPU_SPEC)
+    engine = make_engine(demo, device="cuda", dtype="bfloat16")
+    engine.set_hot_adapter("adapter-0")
+    outputs = run(engine, decisive_requests(demo, repeat=4, hot_copies=8), MAX_TOKENS)
+    assert engine.runner.graphs.graphs, "decode steps went through CUDA graphs"
+    assert engine.hot_adapter == "adapter-0"
+    check_bf16_agreement(demo, outputs, "cuda")
 
 
-def _peft_model(demo, dtype):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(demo.model_dir).to(device="cuda", dtype=dtype).eval()
-    names = list(demo.adapters)
-    model = PeftModel.from_pretrained(base, demo.adapters[names[0]], adapter_name=names[0])
-    for name in names[1:]:
-        model.load_adapter(demo.adapters[name], adapter_name=name)
-    return model
-
-
-def test_bf16_engine_agrees_with_peft(gpu_demo):
-    """Issue 4 asks for >= 99% raw agreement with peft in bf16. On this random model bf16 noise alone breaks
-    near-ties: peft's own bf16 agrees with its float32 on only ~91% of positions (measured on the H200), so 99%
-    cannot be shown here. The test asserts what can: the engine in bf16 is as faithful to the float32 oracle as
+def test_bf16_engine_is_as_faithful_as_peft_on_the_near_tied_model(gpu_demo):
+    """The complement of the test above, on the plain random demo: its logits are nearly tied and bf16 noise alone
+    flips them (peft's own bf16 agrees with its float32 on only ~91% of positions, measured on the H200), so raw
+    agreement says little there. What it shows is that the engine in bf16 is as faithful to the float32 oracle as
     peft in bf16 is, overall and on positions whose float32 top-2 margin is wide; the rates are printed."""
     engine = make_engine(gpu_demo, device="cuda", dtype="bfloat16")
     engine.set_hot_adapter("adapter-0")
     requests = list(request_mix(gpu_demo, repeat=4)) + [(PROMPTS[0], "adapter-0")] * 6
     outputs = run(engine, requests, 24)
     tokens = torch.tensor([t for out in outputs for t in out.token_ids], device="cuda")
-    fp32 = _teacher_forced_logits(_peft_model(gpu_demo, torch.float32), outputs, torch.float32)
-    bf16 = _teacher_forced_logits(_peft_model(gpu_demo, torch.bfloat16), outputs, torch.bfloat16)
+    fp32 = teacher_forced_logits(peft_model(gpu_demo, torch.float32, "cuda"), outputs, "cuda")
+    bf16 = teacher_forced_logits(peft_model(gpu_demo, torch.bfloat16, "cuda"), outputs, "cuda")
     top2 = fp32.topk(2, dim=-1).values
     decisive = (top2[:, 0] - top2[:, 1]) > 0.25
     rate = {
