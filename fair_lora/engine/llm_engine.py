@@ -236,8 +236,8 @@ class LLMEngine:
         for s in scheduled:  # only once sampling succeeded: a failed step leaves every sequence as it was
             s.seq.num_computed += s.num_new
         outputs = []
-        for s, token, logprob in zip(sampling, tokens, logprobs):
-            reason = self.processor.append(s.seq, token, logprob)
+        reasons = self.processor.append_all([s.seq for s in sampling], tokens, logprobs)
+        for s, reason in zip(sampling, reasons):
             if reason is not None:
                 self.scheduler.finish(s.seq, reason)
                 s.seq.times.finish = time.monotonic()

@@ -30,6 +30,9 @@ class Sequence:
     finish_reason: str | None = None
     text: str = ""
     checked_chars: int = 0  # characters of `text` already searched for stop strings
+    stable_text: str = ""  # text of the output tokens before read_offset (it ends with whole characters)
+    prefix_offset: int = 0  # incremental detokenization windows (engine/output_processor.py)
+    read_offset: int = 0
     num_emitted: int = 0  # output tokens already reported, for incremental outputs
     num_preemptions: int = 0
 
