@@ -2,8 +2,9 @@
 
 Its state is soft. Ingress replicas feed it request counts; workers poll it for their assignment and report
 their state. After a restart the window refills from new traffic; until it holds `min_requests` requests
-the actor answers `planned=False` and workers keep the adapter they have merged, which the planner adopts
-from their reports, so its first plan moves only the merges the new window no longer supports. The adapters loaded at
+the actor answers `planned=False` and workers keep the adapter they have merged. The planner adopts each
+worker's merge from its first report and plans only once every worker has reported (or ADOPTION_WAIT_S has
+passed), so a restarted actor moves only the merges the new window no longer supports. The adapters loaded at
 runtime are rebuilt from the workers' reports, minus those unloaded since the actor started.
 """
 import time
@@ -14,6 +15,7 @@ from deployments.worker_protocol import Assignment, WorkerReport
 from fair_lora.popularity import PopularityConfig, PopularityWindow, WorkerPlanner
 
 NAMESPACE = "fair_lora"
+ADOPTION_WAIT_S = 5.0  # the longest a new actor waits for every worker's first report before it plans anyway
 
 
 def actor_name(app_name: str) -> str:
@@ -34,6 +36,8 @@ class PopularityActor:
         self._window = PopularityWindow(config)
         self._planner = WorkerPlanner(0, config)
         self._planned = False
+        self._adopted: set[int] = set()  # ranks whose merge the planner has taken from their first report
+        self._adopting_since = time.time()
 
     async def configure(self, config: PopularityConfig) -> None:
         """An app redeployed with other popularity settings takes over an existing actor."""
@@ -50,8 +54,16 @@ class PopularityActor:
                 self._registered.setdefault(name, path)
         if report.world_size != len(self._planner.current):
             self._planner.resize(report.world_size)
-        if not self._planned and report.rank < report.world_size:
-            self._planner.adopt(report.rank, report.hot_adapter)  # before the first plan: learn the merges
+        if report.rank not in self._adopted and report.rank < report.world_size:
+            # A worker this actor has never answered holds what an earlier actor (or nobody) assigned: the
+            # planner starts from that.
+            self._planner.adopt(report.rank, report.hot_adapter)
+            self._adopted.add(report.rank)
+        # No plan before every worker's merge is known (or a worker is too late): planning with some unknown
+        # would move merges that could have stayed.
+        waiting = time.time() - self._adopting_since < ADOPTION_WAIT_S
+        if waiting and not self._adopted.issuperset(range(report.world_size)):
+            return Assignment(hot_adapter=report.hot_adapter, planned=False, runtime_adapters=dict(self._registered))
         plan = self._plan()
         hot = plan[report.rank] if report.rank < len(plan) else None
         return Assignment(hot_adapter=hot, planned=self._planned, runtime_adapters=dict(self._registered))

@@ -40,3 +40,23 @@ def test_text_equals_full_decode_after_every_token(tokenizer, backend):
         for seq, _ in live:
             assert seq.text == tokenizer.decode(seq.output_ids, skip_special_tokens=True)
     assert [seq.text for seq in seqs[:3]] == TEXTS
+
+
+def test_sentencepiece_space_survives_a_skipped_special_token():
+    """A Metaspace decoder (Llama-2, Mistral) drops the leading space of the first token it decodes; a special
+    token that decodes to nothing must not make the token after it the first of a window."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁Hello": 3, "▁world": 4, "▁again": 5, ",": 6}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace(prepend_scheme="first")
+    backend.add_special_tokens([AddedToken("</s>", special=True)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", clean_up_tokenization_spaces=False)
+    processor = OutputProcessor(tokenizer, set(), 10_000)  # as with ignore_eos: </s> does not end it
+    seq = Sequence("r", None, [1], SamplingParams(max_tokens=100), RequestTimes(arrival=0.0))
+    for token in [3, 2, 2, 4, 6, 2, 5]:
+        processor.append_all([seq], [token], [0.0])
+        assert seq.text == tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+    assert seq.text == "Hello world, again"

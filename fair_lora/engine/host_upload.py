@@ -29,5 +29,5 @@ class HostUpload:
         staged.copy_(values)
         out = staged.to(self.device, non_blocking=True)
         self.copied = torch.cuda.Event()
-        self.copied.record()
+        self.copied.record(torch.cuda.current_stream(self.device))
         return out

@@ -39,11 +39,19 @@ class OutputProcessor:
         texts = self.decode_many(windows)
         for i, (seq, out) in enumerate(zip(seqs, outputs)):
             prefix, full = texts[2 * i], texts[2 * i + 1]
-            if not full.startswith(prefix):  # the decoder rewrote text across the window's edge: decode it all
+            if not full.startswith(prefix):
+                # The decoder rewrote text across the window's edge (a clean-up of spaces): decode it all once,
+                # and start the next windows a few tokens back, so this does not repeat every step.
                 seq.text = self.decode_many([out])[0]
+                if not seq.text.endswith(REPLACEMENT):
+                    seq.stable_text = seq.text
+                    seq.prefix_offset, seq.read_offset = max(0, len(out) - 5), len(out)
                 continue
             seq.text = seq.stable_text + full[len(prefix) :]
-            if not full.endswith(REPLACEMENT):  # complete characters only: the next window starts here
+            # The windows move on only past new, whole characters: a token that decodes to nothing (a skipped
+            # special token) must not start the next prefix window, or a SentencePiece decoder would treat the
+            # token after it as the first and drop its leading space.
+            if len(full) > len(prefix) and not full.endswith(REPLACEMENT):
                 seq.stable_text = seq.text
                 seq.prefix_offset, seq.read_offset = seq.read_offset, len(out)
 
