@@ -1,6 +1,5 @@
 """Runs a Plan: calibration, then the engine and baseline phases in order of importance. Every phase writes the
 results so far, and a failed or late measurement becomes a note, so a run cut short still reports."""
-import datetime
 import functools
 import gc
 import json
@@ -24,11 +23,11 @@ from benchmarks.engine_measure import (
     measure_merge,
     measure_prefill,
 )
-from benchmarks.hf_peft_baseline import METHODS, PeftBaseline
+from benchmarks.hf_peft_baseline import PeftBaseline
 from benchmarks.plan import Plan, output_stem
-from benchmarks.report import describe_set, markdown, median_ms, progress_line, versions
+from benchmarks.report import median_ms, progress_line
+from benchmarks.run_output import run_meta, write_outputs
 from benchmarks.roofline import Calibration, ModelShape, calibrate, correction, decode_cost, prefill_cost
-from benchmarks.targets import targets
 from benchmarks.workload import AdapterSet, Mix, mixed_set, most_frequent, uniform_set
 from fair_lora import PopularityConfig
 
@@ -55,7 +54,8 @@ class Bench:
         self.cal = Calibration(1.0, 1.0)
         self.notes = [] if flag else ["the engine has no cuda_graphs flag: every step ran eagerly"]
         self.skipped: list[str] = []
-        self.results = {"meta": self._meta(flag), "calibration": {}, "decode": [], "prefill": [], "merge": None}
+        meta = run_meta(plan, self.device, self.shape, self.sets, flag, self.graphs)
+        self.results = {"meta": meta, "calibration": {}, "decode": [], "prefill": [], "merge": None}
         self.stem = output_stem(self.results["meta"]["date"], self.results["meta"]["device_name"], plan.tiny)
 
     def run(self) -> dict[str, Path]:
@@ -73,7 +73,7 @@ class Bench:
             for aset in others:
                 for mode in ("slora", "fair"):
                     self._engine_phase(mode, aset, self.graphs, p.key_batches, p.mixed_mixes, main=False)
-        return self._write(final=True)
+        return write_outputs(self.results, self.plan, self.stem, self._notes(), self._elapsed(), True, self._log)
 
     # ---- phases ----------------------------------------------------------------------------------------
 
@@ -118,7 +118,7 @@ class Bench:
         finally:
             del engine
             self._free()
-            self._write()
+            write_outputs(self.results, self.plan, self.stem, self._notes(), self._elapsed(), False, self._log)
 
     def _decode(
         self, engine, s: EngineSettings, mode: str, aset: AdapterSet, graphs: bool | None, batch: int, mix: Mix | None
@@ -221,7 +221,7 @@ class Bench:
         finally:
             del baseline, measure
             self._free()
-            self._write()
+            write_outputs(self.results, self.plan, self.stem, self._notes(), self._elapsed(), False, self._log)
 
     # ---- bookkeeping -----------------------------------------------------------------------------------
 
@@ -255,6 +255,10 @@ class Bench:
         if "error" not in record:
             self._log(f"{label}  {progress_line(record)}")
 
+    def _notes(self) -> list[str]:
+        late = f"{len(self.skipped)} measurements not started: past the {self.plan.deadline_s / 60:g}-minute deadline"
+        return self.notes + ([f"{late} (first: {self.skipped[0].strip()})"] if self.skipped else [])
+
     def _log(self, line: str) -> None:
         print(f"[{self._elapsed():6.1f}s] {line}", file=sys.stderr, flush=True)
 
@@ -262,45 +266,6 @@ class Bench:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-    def _meta(self, graphs_flag: bool) -> dict:
-        p = self.plan
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return {
-            "date": datetime.date.today().isoformat(),
-            "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device_name": name, "tiny": p.tiny, "model": p.model, "config": p.config, "dtype": p.dtype,
-            "command": sys.argv, "versions": versions(),
-            "adapter_sets": [describe_set(s, self.shape.layers * len(self.shape.projections)) for s in self.sets],
-            "graphs_flag": graphs_flag, "primary_graphs": self.graphs,
-            "batches": list(p.batches), "mixes": [m.name for m in p.mixes], "plot_batches": list(p.key_batches),
-            "context": p.context, "warmup": p.warmup, "steps": p.steps, "prefill_len": p.prefill_len,
-            "hf_peft_method": p.peft_method, "hf_peft_description": METHODS[p.peft_method],
-            "peft_warmup": p.peft_warmup, "peft_steps": p.peft_steps, "roofline_min_batch": p.roofline_min_batch,
-        }
-
-    def _write(self, final: bool = False) -> dict[str, Path]:
-        """JSON and markdown after every phase (a run cut short still reports); the plot at the end."""
-        p, results = self.plan, self.results
-        results["meta"]["wall_s"] = self._elapsed()
-        late = f"{len(self.skipped)} measurements not started: past the {p.deadline_s / 60:g}-minute deadline"
-        results["notes"] = self.notes + ([f"{late} (first: {self.skipped[0].strip()})"] if self.skipped else [])
-        results["targets"] = targets(results)
-        p.out.mkdir(parents=True, exist_ok=True)
-        files = {kind: p.out / f"{self.stem}.{kind}" for kind in ("json", "md", "png")}
-        files["json"].write_text(json.dumps(results, indent=1))
-        files["md"].write_text(markdown(results))
-        if not (final and self._plot(files["png"])):
-            del files["png"]
-        return files
-
-    def _plot(self, path: Path) -> bool:
-        try:
-            from benchmarks.plot import plot_decode
-        except ImportError as e:  # a GPU machine without matplotlib still gets the JSON and the markdown
-            self._log(f"no plot: {e}")
-            return False
-        return plot_decode(self.results, path)
 
 
 def _on(graphs: bool | None) -> str:
