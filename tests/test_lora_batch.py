@@ -26,12 +26,15 @@ def test_batch_without_hot_adapter_gives_one_entry_per_adapter_token_and_none_to
     assert batch.pair.tolist() == [-1, -1, -1]
 
 
+def pattern_batch(pattern: str, num_tokens: int) -> tuple[LoRABatch, int | None]:
+    token_slots, hot = make_tokens(pattern, num_tokens, torch.Generator().manual_seed(num_tokens))
+    return build_lora_batch(token_slots, torch.ones(pool_size(num_tokens)), hot, "cpu"), hot
+
+
 @pytest.mark.parametrize("num_tokens", [1, 7, 133, 600])
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_batch_entries_sorted_by_slot_in_bounded_segments(pattern, num_tokens):
-    gen = torch.Generator().manual_seed(num_tokens)
-    token_slots, hot = make_tokens(pattern, num_tokens, gen)
-    batch = build_lora_batch(token_slots, torch.ones(pool_size(num_tokens)), hot, "cpu")
+    batch, hot = pattern_batch(pattern, num_tokens)
     slot = batch.entry_slot.tolist()
     assert slot == sorted(slot)
     starts = batch.seg_start_host
@@ -43,9 +46,7 @@ def test_batch_entries_sorted_by_slot_in_bounded_segments(pattern, num_tokens):
 @pytest.mark.parametrize("num_tokens", [1, 7, 133, 600])
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_batch_tiles_cover_entries_once_and_expand_owns_each_row_once(pattern, num_tokens):
-    gen = torch.Generator().manual_seed(num_tokens)
-    token_slots, hot = make_tokens(pattern, num_tokens, gen)
-    batch = build_lora_batch(token_slots, torch.ones(pool_size(num_tokens)), hot, "cpu")
+    batch, hot = pattern_batch(pattern, num_tokens)
     slot, tok, pair = batch.entry_slot.tolist(), batch.token_idx.tolist(), batch.pair.tolist()
 
     def covered(tiles: torch.Tensor) -> list[int]:
