@@ -1,7 +1,8 @@
 """Measurements on the fair_lora engine: decode steps of a full batch, one long prefill, hot-merge switches.
 
 A step is timed as wall time around `engine.step()` with the device synchronized on both sides: the whole
-step (schedule, prepare, forward, sample), as a server sees it."""
+step (schedule, prepare, forward, sample), as a server sees it. Modes compared with each other are timed in
+turns (`interleave`, and the prefill cases one after another in each repetition)."""
 import dataclasses
 import math
 import time
@@ -48,7 +49,7 @@ class EngineSettings:
 class DecodeTiming:
     seconds: list[float]  # each timed step
     contexts: list[int]  # the KV length each sequence attended over in the last timed step
-    corrected_tokens: int  # tokens that took the correction path in the last timed step (engine's count)
+    corrected_tokens: int | None = None  # tokens that took the correction path in the last timed step (engine's)
 
 
 @dataclass(frozen=True)
@@ -107,33 +108,62 @@ def add_adapters(engine: LLMEngine, ranks: tuple[int, ...]) -> None:
         engine.add_adapter(LoRAAdapter(adapter_name(i), Path("."), rank, ADAPTER_SCALING, weights))
 
 
-def measure_decode(
-    engine: LLMEngine, s: EngineSettings, adapters: list[str | None], hot: str | None, rng: np.random.Generator
-) -> DecodeTiming:
-    """adapters: each sequence's adapter name (None: the base model); hot: the adapter merged (fair mode).
-    Fill the batch, run `warmup` pure decode steps, then time `steps` more."""
-    if engine.config.mode == "fair":
-        engine.set_hot_adapter(hot)
-    batch, device = len(adapters), torch.device(engine.config.device)
-    params = SamplingParams(max_tokens=s.max_tokens, ignore_eos=True)
-    prompts = rng.integers(0, engine.hf_config.vocab_size, (batch, s.context)).tolist()
-    ids = [engine.add_request(p, a, params) for p, a in zip(prompts, adapters)]
-    try:
-        _fill(engine, batch, s.fill_steps)
-        for _ in range(s.warmup):
-            _decode_step(engine, batch)
-        seconds, outputs = [], []
-        for _ in range(s.steps):
-            synchronize(device)
-            start = time.perf_counter()
-            outputs = _decode_step(engine, batch)
-            synchronize(device)
-            seconds.append(time.perf_counter() - start)
-        contexts = [len(o.prompt_token_ids) + len(o.token_ids) - 1 for o in outputs]
-        return DecodeTiming(seconds, contexts, engine.last_step.num_corrected_tokens)
-    finally:
-        for request_id in ids:
-            engine.abort(request_id)
+class DecodeRun:
+    """One engine's full decode batch: admitted and prefilled on creation, then timed a few steps at a time, so
+    that the batches of two engines (each holds its own requests and KV cache) can be timed in turns: a ratio
+    of two modes then compares steps taken seconds apart, not a minute apart on a shared, drifting GPU.
+
+    adapters: each sequence's adapter name (None: the base model); hot: the adapter merged (fair mode)."""
+
+    def __init__(
+        self, engine: LLMEngine, s: EngineSettings, adapters: list[str | None], hot: str | None,
+        rng: np.random.Generator,
+    ) -> None:
+        self.engine, self.batch = engine, len(adapters)
+        self.device = torch.device(engine.config.device)
+        if engine.config.mode == "fair":
+            engine.set_hot_adapter(hot)
+        params = SamplingParams(max_tokens=s.max_tokens, ignore_eos=True)
+        prompts = rng.integers(0, engine.hf_config.vocab_size, (self.batch, s.context)).tolist()
+        self.ids = [engine.add_request(p, a, params) for p, a in zip(prompts, adapters)]
+        self.seconds: list[float] = []
+        self.outputs: list[RequestOutput] = []
+        try:
+            _fill(engine, self.batch, s.fill_steps)
+        except BaseException:
+            self.close()
+            raise
+
+    def step(self, timed: bool) -> None:
+        synchronize(self.device)
+        start = time.perf_counter()
+        self.outputs = _decode_step(self.engine, self.batch)
+        synchronize(self.device)
+        if timed:
+            self.seconds.append(time.perf_counter() - start)
+
+    def timing(self) -> DecodeTiming:
+        contexts = [len(o.prompt_token_ids) + len(o.token_ids) - 1 for o in self.outputs]
+        return DecodeTiming(self.seconds, contexts, self.engine.last_step.num_corrected_tokens)
+
+    def close(self) -> None:
+        for request_id in self.ids:
+            self.engine.abort(request_id)
+        self.ids = []
+
+
+def interleave(runs: list[DecodeRun], warmup: int, steps: int, turn: int) -> list[DecodeTiming]:
+    """Warm every run up, then time `steps` decode steps of each, `turn` steps at a time, the runs in turns
+    (their engines must differ: one engine steps all its requests at once)."""
+    assert len({id(r.engine) for r in runs}) == len(runs), "interleaved runs need one engine each"
+    for _ in range(warmup):
+        for run in runs:
+            run.step(timed=False)
+    while any(len(run.seconds) < steps for run in runs):
+        for run in runs:
+            for _ in range(min(turn, steps - len(run.seconds))):
+                run.step(timed=True)
+    return [run.timing() for run in runs]
 
 
 def _fill(engine: LLMEngine, batch: int, limit: int) -> None:
@@ -155,27 +185,22 @@ def _decode_step(engine: LLMEngine, batch: int) -> list[RequestOutput]:
     return outputs
 
 
-def measure_prefill(
-    engine: LLMEngine, s: EngineSettings, adapter: str | None, hot: str | None, rng: np.random.Generator
-) -> list[float]:
-    """Time the step that prefills one `prefill_len`-token prompt; the first of prefill_reps + 1 is a warm-up."""
-    if engine.config.mode == "fair":
-        engine.set_hot_adapter(hot)
+def prefill_step(engine: LLMEngine, s: EngineSettings, adapter: str | None, rng: np.random.Generator) -> float:
+    """Seconds of the step that prefills one `prefill_len`-token prompt (fair: with the hot adapter already set)."""
     device = torch.device(engine.config.device)
-    params = SamplingParams(max_tokens=1, ignore_eos=True)
-    seconds = []
-    for _ in range(s.prefill_reps + 1):
-        prompt = rng.integers(0, engine.hf_config.vocab_size, s.prefill_len).tolist()
-        request_id = engine.add_request(prompt, adapter, params)
+    prompt = rng.integers(0, engine.hf_config.vocab_size, s.prefill_len).tolist()
+    request_id = engine.add_request(prompt, adapter, SamplingParams(max_tokens=1, ignore_eos=True))
+    try:
         synchronize(device)
         start = time.perf_counter()
         engine.step()
         synchronize(device)
-        seconds.append(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+    finally:
         engine.abort(request_id)
-        if engine.last_step.num_tokens != s.prefill_len:
-            raise RuntimeError(f"the prefill step ran {engine.last_step.num_tokens} tokens, not {s.prefill_len}")
-    return seconds[1:]
+    if engine.last_step.num_tokens != s.prefill_len:
+        raise RuntimeError(f"the prefill step ran {engine.last_step.num_tokens} tokens, not {s.prefill_len}")
+    return seconds
 
 
 def measure_merge(engine: LLMEngine, names: list[str], rounds: int) -> MergeTiming:

@@ -48,6 +48,7 @@ class Plan:
     context: int
     warmup: int
     steps: int
+    turn: int  # timed steps a mode takes before the mode it is compared with takes its turn
     prefill_len: int
     prefill_reps: int
     fill_budget: int
@@ -63,17 +64,17 @@ class Plan:
 GPU = dict(
     model="Llama-2-7B", device="cuda", dtype="bfloat16", num_adapters=100, rank=16, mixed_ranks=(8, 16, 32, 64),
     adapter_sets=("uniform", "mixed"), batches=(1, 8, 32, 128, 256), mixes="all", mixed_mixes="all",
-    peft_max_batch=128, peft_warmup=1, peft_steps=3, context=256, warmup=3, steps=15, prefill_len=2048,
+    peft_max_batch=128, peft_warmup=1, peft_steps=3, context=256, warmup=3, steps=15, turn=3, prefill_len=2048,
     prefill_reps=5, fill_budget=16384, merge_adapters=8, merge_rounds=3, roofline_min_batch=32,
     gemm_size=8192, copy_bytes=2 << 30,
 )
 QUICK = dict(adapter_sets=("uniform",), batches=(32, 128), mixes="all-hot,0.02,0.1,1,all-distinct", peft_max_batch=32,
-             steps=8, prefill_reps=3, merge_rounds=2)
+             steps=8, turn=2, prefill_reps=3, merge_rounds=2)
 TINY = dict(
     model="tiny Llama (2 layers, hidden 64)", device="cpu", dtype="float32", num_adapters=8, rank=4,
     mixed_ranks=(2, 4, 8),
     batches=(1, 4), mixes="all-hot,0.1,1,all-distinct", mixed_mixes="all-hot,1", peft_max_batch=4, peft_steps=2,
-    context=16, warmup=1, steps=3, prefill_len=64, prefill_reps=2, fill_budget=64, merge_adapters=3, merge_rounds=2,
+    context=16, warmup=1, steps=3, turn=1, prefill_len=64, prefill_reps=2, fill_budget=64, merge_adapters=3, merge_rounds=2,
     roofline_min_batch=4, gemm_size=128, copy_bytes=4 << 20,
 )
 
@@ -109,6 +110,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         context=args.context or d["context"],
         warmup=d["warmup"],
         steps=args.steps or d["steps"],
+        turn=d["turn"],
         **{k: d[k] for k in ("prefill_len", "prefill_reps", "fill_budget", "merge_adapters", "merge_rounds",
                              "roofline_min_batch", "gemm_size", "copy_bytes")},
         deadline_s=60 * args.deadline_min,

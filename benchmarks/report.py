@@ -52,6 +52,10 @@ def _setup(meta: dict, cal: dict) -> list[str]:
         f"{meta['warmup']} warm-up, wall time between device synchronizations; fair merges the batch's most "
         "frequent adapter when its share reaches the hot policy's enter share (0.5), as its policy would, "
         "else nothing (then fair runs as slora); base = every request without an adapter, on the slora engine",
+        f"- modes compared are timed in turns of {meta.get('turn', '?')} steps, both batches alive on their own "
+        "engines: slora with fair at each mix (the table's fair and slora columns), base with fair serving "
+        "every token hot (the first target's ratio; that fair time is in the base record's `partner`); the "
+        "prefill cases take turns in each repetition",
         f"- hf-peft ({meta['hf_peft_method']}): {meta['hf_peft_description']}; attention "
         f"{meta.get('hf_peft_attention')}; median of {meta['peft_steps']} steps after {meta['peft_warmup']}",
         f"- CUDA graphs in the main sweep: {_graphs(meta['primary_graphs'])}; run wall time {meta['wall_s']:.0f} s",
@@ -129,10 +133,14 @@ def _merge_table(merge: dict | None) -> list[str]:
 def progress_line(r: dict) -> str:
     """One measurement as the benchmark prints it to stderr."""
     if "step_ms" in r:
-        return (
+        line = (
             f"{r['step_ms']:8.2f} ms {r['tokens_per_s']:10,.0f} tok/s {r['roofline_pct']:4.0f}% roofline"
             f" (hot share {r['hot_share']:.2f}, {r['distinct_adapters']} adapters)"
         )
+        if "partner" in r:  # a base record times fair serving every token hot beside it
+            q = r["partner"]
+            line += f"; timed in turns with {q['mode']} {q['mix']}: {q['step_ms']:.2f} ms, {q['step_ms'] / r['step_ms']:.3f}×"
+        return line
     if "case" in r:
         return f"{r['ms']:8.2f} ms {r['tokens_per_s']:10,.0f} tok/s {r['roofline_pct']:4.0f}% roofline"
     return (

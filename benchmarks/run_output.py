@@ -28,7 +28,7 @@ def run_meta(
         "adapter_sets": [describe_set(s, shape.layers * len(shape.projections)) for s in sets],
         "graphs_flag": graphs_flag, "primary_graphs": graphs,
         "batches": list(p.batches), "mixes": [m.name for m in p.mixes], "plot_batches": list(p.key_batches),
-        "context": p.context, "warmup": p.warmup, "steps": p.steps, "prefill_len": p.prefill_len,
+        "context": p.context, "warmup": p.warmup, "steps": p.steps, "turn": p.turn, "prefill_len": p.prefill_len,
         "hf_peft_method": p.peft_method, "hf_peft_description": METHODS[p.peft_method],
         "peft_warmup": p.peft_warmup, "peft_steps": p.peft_steps, "roofline_min_batch": p.roofline_min_batch,
     }

@@ -1,9 +1,12 @@
 """Runs a Plan: calibration, then the engine and baseline phases in order of importance. Every phase writes the
-results so far, and a failed or late measurement becomes a note, so a run cut short still reports."""
+results so far, and a failed or late measurement becomes a note, so a run cut short still reports.
+
+An engine phase holds a slora and a fair engine at once and times the modes that are compared in pairs, in
+turns of a few steps: slora with fair at each mix, and base (requests without an adapter, on the slora
+engine) with fair serving every token hot."""
 import functools
 import gc
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -15,23 +18,24 @@ import numpy as np
 import torch
 
 from benchmarks.engine_measure import (
+    DecodeRun,
+    DecodeTiming,
     EngineSettings,
     adapter_name,
     graphs_flag_present,
+    interleave,
     make_engine,
-    measure_decode,
     measure_merge,
-    measure_prefill,
+    prefill_step,
 )
 from benchmarks.hf_peft_baseline import PeftBaseline
 from benchmarks.plan import Plan, output_stem
-from benchmarks.report import median_ms, progress_line
+from benchmarks.records import Adapters, decode_record, engine_of, fair_hot, merge_record, prefill_record
+from benchmarks.report import progress_line
 from benchmarks.run_output import run_meta, write_outputs
-from benchmarks.roofline import Calibration, ModelShape, calibrate, correction, decode_cost, prefill_cost
-from benchmarks.workload import AdapterSet, Mix, mixed_set, most_frequent, uniform_set
-from fair_lora import PopularityConfig
+from benchmarks.roofline import Calibration, ModelShape, calibrate
+from benchmarks.workload import AdapterSet, Mix, mixed_set, uniform_set
 
-Adapters = list[int | None]  # the adapter index of each sequence of a batch; None: the base model
 
 
 class Bench:
@@ -65,14 +69,12 @@ class Bench:
             self.model_dir = Path(tmp)
             (self.model_dir / "config.json").write_text(json.dumps(p.config))
             self._calibrate()
-            for mode in ("slora", "fair"):
-                self._engine_phase(mode, first, self.graphs, p.batches, p.mixes, main=True)
+            self._engine_phase(first, self.graphs, p.batches, p.mixes, main=True)
             self._peft_phase(first)
-            for mode in ("slora", "fair") if self.graphs_off_too else ():
-                self._engine_phase(mode, first, False, p.key_batches, p.graphs_off_mixes, main=False)
+            if self.graphs_off_too:
+                self._engine_phase(first, False, p.key_batches, p.graphs_off_mixes, main=False)
             for aset in others:
-                for mode in ("slora", "fair"):
-                    self._engine_phase(mode, aset, self.graphs, p.key_batches, p.mixed_mixes, main=False)
+                self._engine_phase(aset, self.graphs, p.key_batches, p.mixed_mixes, main=False)
         return write_outputs(self.results, self.plan, self.stem, self._notes(), self._elapsed(), True, self._log)
 
     # ---- phases ----------------------------------------------------------------------------------------
@@ -89,104 +91,103 @@ class Bench:
         c = self.results["calibration"]
         self._log(f"calibration: GEMM {c['matmul_tflops']:.4g} TFLOP/s, copy {c['copy_gbps']:.4g} GB/s")
 
-    def _engine_phase(self, mode: str, aset: AdapterSet, graphs: bool | None, batches, mixes, main: bool) -> None:
-        """One engine over batches × mixes (the slora engine also runs base: requests without an adapter); the
-        main phase adds the prefills and, for fair, the merge."""
+    def _engine_phase(self, aset: AdapterSet, graphs: bool | None, batches, mixes, main: bool) -> None:
+        """The slora and fair engines over batches × mixes; the main phase adds the prefills and the merge."""
         p = self.plan
-        base = mode == "slora" and "base" in p.modes and aset is self.sets[0]
-        wanted = mode in p.modes or base
-        decode, prefill = "decode" in p.workloads and wanted, main and "prefill" in p.workloads and wanted
-        merge = main and mode == "fair" and "fair" in p.modes and "merge" in p.workloads
-        label = f"{mode} engine ({aset.name}, graphs {_on(graphs)})"
-        if not (decode or prefill or merge) or self._late(label):
+        base = "base" in p.modes and aset is self.sets[0]
+        modes = [m for m in ("slora", "fair") if m in p.modes or (m == "slora" and base)]  # base runs on slora's
+        label = f"{'+'.join(modes)} engines ({aset.name}, graphs {_on(graphs)})"
+        if not modes or self._late(label):
             return
         s = EngineSettings(
             model_dir=self.model_dir, device=p.device, dtype=p.dtype, context=p.context, warmup=p.warmup, steps=p.steps,
             prefill_len=p.prefill_len, prefill_reps=p.prefill_reps, max_batch=max(batches), fill_budget=p.fill_budget,
         )
-        engine = self._attempt(label, functools.partial(make_engine, s, mode, aset.ranks, graphs))
-        if engine is None:
-            return
+        engines = {}
+        for mode in modes:
+            engine = self._attempt(f"{mode} engine ({aset.name}, graphs {_on(graphs)})",
+                                   functools.partial(make_engine, s, mode, aset.ranks, graphs))
+            if engine is not None:
+                engines[mode] = engine
         try:
-            for batch in batches if decode else ():
-                for mix in ([None] if base else []) + (list(mixes) if mode in p.modes else []):
-                    self._decode(engine, s, "base" if mix is None else mode, aset, graphs, batch, mix)
-            if prefill:
-                self._prefills(engine, s, mode, aset, base)
-            if merge:
-                self._measure(f"merge   {aset.name} switches", "merge", functools.partial(self._merge, engine, aset))
+            for batch in batches if "decode" in p.workloads else ():
+                if base:
+                    self._decode(engines, s, aset, graphs, batch, [("base", None), ("fair", Mix("all-hot"))])
+                for mix in mixes:
+                    self._decode(engines, s, aset, graphs, batch, [("slora", mix), ("fair", mix)])
+            if main and "prefill" in p.workloads:
+                self._prefills(engines, s, aset, base)
+            if main and "fair" in engines and "fair" in p.modes and "merge" in p.workloads:
+                self._measure(f"merge   {aset.name} switches", "merge",
+                              functools.partial(self._merge, engines["fair"], aset.ranks[0]))
         finally:
-            del engine
+            engines.clear()
             self._free()
             write_outputs(self.results, self.plan, self.stem, self._notes(), self._elapsed(), False, self._log)
 
-    def _decode(
-        self, engine, s: EngineSettings, mode: str, aset: AdapterSet, graphs: bool | None, batch: int, mix: Mix | None
-    ) -> None:
-        def measure() -> dict:
-            adapters: Adapters = [None] * batch if mix is None else mix.adapters(batch, len(aset.ranks))
-            top, share = most_frequent(adapters)
-            # fair merges what its own policy would hold merged at steady state: the top adapter once its share
-            # reaches the enter share; below that nothing is merged and fair runs exactly like slora.
-            hot = top if mode == "fair" and share >= PopularityConfig().enter_share else None
-            names = [None if a is None else adapter_name(a) for a in adapters]
-            t = measure_decode(engine, s, names, None if hot is None else adapter_name(hot), self.rng)
-            record = self._decode_record(mode, aset, graphs, mix, adapters, hot, t.seconds, t.contexts)
-            return {**record, "corrected_tokens": t.corrected_tokens}
+    def _decode(self, engines: dict, s: EngineSettings, aset: AdapterSet, graphs: bool | None, batch: int,
+                cases: list[tuple[str, Mix | None]]) -> None:
+        """Time the cases' batches in turns. A base case keeps its fair partner inside its own record (the fair
+        record of that mix comes from its pair with slora); the others are a record each."""
+        cases = [(m, mix) for m, mix in cases if (m == "base" or m in self.plan.modes) and engine_of(m) in engines]
+        if not cases:
+            return
 
-        label = f"{mode:7s} {'-' if mix is None else aset.name:6s} graphs={_on(graphs):3s} B={batch:<4d}"
-        self._measure(f"{label} {mix.name if mix else ''}", "decode", measure)
+        def measure() -> list[dict]:
+            runs, records = [], []
+            try:
+                for mode, mix in cases:
+                    adapters: Adapters = [None] * batch if mix is None else mix.adapters(batch, len(aset.ranks))
+                    hot = fair_hot(mode, adapters)
+                    names = [None if a is None else adapter_name(a) for a in adapters]
+                    hot_name = None if hot is None else adapter_name(hot)
+                    runs.append(DecodeRun(engines[engine_of(mode)], s, names, hot_name, self.rng))
+                    records.append((mode, mix, adapters, hot))
+                timings = interleave(runs, s.warmup, s.steps, self.plan.turn)
+            finally:
+                for run in runs:
+                    run.close()
+            out = [decode_record(self.shape, self.cal, mode, aset, graphs, mix, adapters, hot, t)
+                   for (mode, mix, adapters, hot), t in zip(records, timings)]
+            for r in out:
+                r["timed_with"] = [other["mode"] for other in out if other is not r]
+            if out[0]["mode"] == "base" and len(out) > 1:
+                keep = ("mode", "mix", "hot", "step_ms", "step_ms_min", "step_ms_max", "corrected_tokens")
+                return [{**out[0], "partner": {k: out[1][k] for k in keep}}]
+            return out
 
-    def _decode_record(self, mode: str, aset: AdapterSet, graphs, mix: Mix | None, adapters: Adapters, hot: int | None,
-                       seconds: list[float], contexts: list[int]) -> dict:
-        median = statistics.median(seconds)
-        floor, bound = decode_cost(self.shape, adapters, contexts, hot, aset.ranks).floor(self.cal)
-        used = [a for a in adapters if a is not None]
-        return {
-            "mode": mode,
-            "adapter_set": None if mix is None else aset.name,
-            "graphs": graphs,
-            "batch": len(adapters),
-            "mix": None if mix is None else mix.name,
-            "alpha": None if mix is None else mix.alpha,
-            "hot": None if hot is None else adapter_name(hot),
-            "hot_share": most_frequent(used)[1] if used else 1.0,  # the most frequent adapter's share of the batch
-            "distinct_adapters": len(set(used)),
-            "adapters_touched": len(correction(adapters, hot)[1]),  # by the LoRA work, as the roofline counts them
-            "context_mean": statistics.mean(contexts),
-            "step_ms": 1000 * median,
-            "step_ms_min": 1000 * min(seconds),
-            "step_ms_max": 1000 * max(seconds),
-            "tokens_per_s": len(adapters) / median,
-            "roofline_ms": 1000 * floor,
-            "roofline_bound": bound,
-            "roofline_pct": 100 * floor / median,
-        }
+        names = " + ".join(m if mix is None else f"{m} {mix.name}" for m, mix in cases)
+        self._measure(f"decode  {aset.name:6s} graphs={_on(graphs):3s} B={batch:<4d} {names}", "decode", measure)
 
-    def _prefills(self, engine, s: EngineSettings, mode: str, aset: AdapterSet, base: bool) -> None:
-        """slora engine: base (no adapter) and an adapter's request; fair engine: a hot and a cold request."""
-        if mode == "fair":
-            cases = [("fair-hot", 0, 0), ("fair-cold", 1, 0)]
-        else:
-            cases = ([("base", None, None)] if base else []) + ([("slora", 1, None)] if mode in self.plan.modes else [])
-        for case, adapter, hot in cases:
-            measure = functools.partial(self._prefill, engine, s, mode, aset, case, adapter, hot)
-            self._measure(f"prefill {case:9s} {s.prefill_len} tokens", "prefill", measure)
+    def _prefills(self, engines: dict, s: EngineSettings, aset: AdapterSet, base: bool) -> None:
+        """slora engine: base (no adapter) and an adapter's request; fair engine (adapter 0 merged): a hot and a
+        cold request. Each repetition runs every case once, in turns; the first repetition is a warm-up."""
+        p = self.plan
+        wanted = {"base": base, "slora": "slora" in p.modes, "fair-hot": "fair" in p.modes, "fair-cold": "fair" in p.modes}
+        cases = [c for c in [("base", None, None), ("slora", 1, None), ("fair-hot", 0, 0), ("fair-cold", 1, 0)]
+                 if wanted[c[0]] and engine_of(c[0]) in engines]
+        if not cases:
+            return
 
-    def _prefill(self, engine, s: EngineSettings, mode: str, aset: AdapterSet, case: str, adapter: int | None,
-                 hot: int | None) -> dict:
-        name, hot_name = (None if a is None else adapter_name(a) for a in (adapter, hot))
-        ms = median_ms(measure_prefill(engine, s, name, hot_name, self.rng))
-        floor, bound = prefill_cost(self.shape, s.prefill_len, adapter, hot, aset.ranks).floor(self.cal)
-        return {"case": case, "mode": mode, "adapter": name, "hot": hot_name, "tokens": s.prefill_len, "ms": ms,
-                "tokens_per_s": 1000 * s.prefill_len / ms, "roofline_ms": 1000 * floor, "roofline_bound": bound,
-                "roofline_pct": 100 * 1000 * floor / ms}
+        def measure() -> list[dict]:
+            if "fair" in engines:
+                engines["fair"].set_hot_adapter(adapter_name(0))
+            seconds: dict[str, list[float]] = {case: [] for case, _, _ in cases}
+            for rep in range(s.prefill_reps + 1):
+                for case, adapter, _ in cases:
+                    name = None if adapter is None else adapter_name(adapter)
+                    t = prefill_step(engines[engine_of(case)], s, name, self.rng)
+                    if rep:
+                        seconds[case].append(t)
+            return [prefill_record(self.shape, self.cal, s.prefill_len, aset, case, adapter, hot, seconds[case])
+                    for case, adapter, hot in cases]
 
-    def _merge(self, engine, aset: AdapterSet) -> dict:
-        t = measure_merge(engine, [adapter_name(i) for i in range(self.plan.merge_adapters)], self.plan.merge_rounds)
-        return {"projections": t.projections, "rank": aset.ranks[0], "merge_ms": median_ms(t.merge),
-                "switch_ms": median_ms(t.switch), "restore_ms": median_ms(t.restore), "switches_timed": len(t.switch),
-                "bit_exact": t.bit_exact, "merged_differs": t.merged_differs}
+        names = ", ".join(case for case, _, _ in cases)
+        self._measure(f"prefill {names} {s.prefill_len} tokens", "prefill", measure)
+
+    def _merge(self, engine, rank: int) -> dict:
+        names = [adapter_name(i) for i in range(self.plan.merge_adapters)]
+        return merge_record(measure_merge(engine, names, self.plan.merge_rounds), rank)
 
     def _peft_phase(self, aset: AdapterSet) -> None:
         p = self.plan
@@ -210,7 +211,8 @@ class Bench:
             seconds, contexts = baseline.decode(
                 adapters, p.context, p.peft_warmup, p.peft_steps, p.peft_method, generator
             )
-            record = self._decode_record("hf-peft", aset, None, mix, adapters, None, seconds, contexts)
+            timing = DecodeTiming(seconds, contexts)
+            record = decode_record(self.shape, self.cal, "hf-peft", aset, None, mix, adapters, None, timing)
             return {**record, "peft_method": p.peft_method}
 
         try:
@@ -244,16 +246,24 @@ class Bench:
             self._free()
             return None
 
-    def _measure(self, label: str, kind: str, fn: Callable[[], dict]) -> None:
+    def _measure(self, label: str, kind: str, fn: Callable[[], dict | list[dict]]) -> None:
+        """Run one measurement (a record, or the records of modes timed in turns) unless past the deadline."""
         if self._late(label):
             return
-        record = self._attempt(label, fn) or {"label": label.strip(), "error": self.notes[-1]}
+        found = self._attempt(label, fn) or {"label": label.strip(), "error": self.notes[-1]}
+        records = found if isinstance(found, list) else [found]
         if kind == "merge":
-            self.results["merge"] = record
+            self.results["merge"] = records[0]
         else:
-            self.results[kind].append(record)
-        if "error" not in record:
-            self._log(f"{label}  {progress_line(record)}")
+            self.results[kind] += records
+        if "error" in records[0]:
+            return
+        if len(records) == 1:
+            self._log(f"{label}  {progress_line(records[0])}")
+            return
+        self._log(label)
+        for r in records:
+            self._log(f"    {r.get('case') or r['mode']:9s} {progress_line(r)}")
 
     def _notes(self) -> list[str]:
         late = f"{len(self.skipped)} measurements not started: past the {self.plan.deadline_s / 60:g}-minute deadline"
@@ -270,3 +280,4 @@ class Bench:
 
 def _on(graphs: bool | None) -> str:
     return {True: "on", False: "off", None: "-"}[graphs]
+

@@ -69,6 +69,39 @@ def test_fair_corrects_only_cold_tokens_and_slora_corrects_every_adapter_token(r
             assert r["corrected_tokens"] == round(r["batch"] * (1 - r["hot_share"]))
 
 
+def test_compared_modes_are_timed_in_turns(run):
+    _, results, _ = run
+    engine = [r for r in results["decode"] if r["mode"] in ("fair", "slora")]
+    assert engine and all(r["timed_with"] == [{"fair": "slora", "slora": "fair"}[r["mode"]]] for r in engine)
+    base = [r for r in results["decode"] if r["mode"] == "base"]
+    assert base and all(r["partner"]["mode"] == "fair" and r["partner"]["mix"] == "all-hot" for r in base)
+    assert all(r["partner"]["corrected_tokens"] == 0 and r["partner"]["step_ms"] > 0 for r in base)
+    hot_vs_base = next(t for t in results["targets"] if t["target"].startswith("decode: fair, every token hot"))
+    ratio = max(r["partner"]["step_ms"] / r["step_ms"] for r in base)
+    assert hot_vs_base["reached"] == f"{ratio:.3f}×"
+
+
+def test_interleave_times_each_run_in_turns_after_warming_all_up():
+    from benchmarks.engine_measure import interleave
+
+    order = []
+
+    class FakeRun:
+        def __init__(self, name):
+            self.name, self.engine, self.seconds = name, object(), []
+
+        def step(self, timed):
+            order.append(self.name if timed else self.name.lower())
+            if timed:
+                self.seconds.append(0.001)
+
+        def timing(self):
+            return len(self.seconds)
+
+    assert interleave([FakeRun("A"), FakeRun("B")], warmup=1, steps=5, turn=2) == [5, 5]
+    assert "".join(order) == "abAABBAABBAB"
+
+
 def test_merge_restores_the_loaded_weights_bit_for_bit(run):
     _, results, _ = run
     merge = results["merge"]
