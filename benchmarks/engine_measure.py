@@ -4,8 +4,10 @@ A step is timed as wall time around `engine.step()` with the device synchronized
 step (schedule, prepare, forward, sample), as a server sees it. Modes compared with each other are timed in
 turns (`interleave`, and the prefill cases one after another in each repetition)."""
 import dataclasses
+import gc
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +72,11 @@ def adapter_name(index: int) -> str:
     return f"a{index:03d}"
 
 
-def make_engine(s: EngineSettings, mode: str, ranks: tuple[int, ...], graphs: bool | None) -> LLMEngine:
-    """An engine with random weights and one in-memory adapter per rank, every adapter fitting a device slot."""
+def make_engine(
+    s: EngineSettings, mode: str, ranks: tuple[int, ...], graphs: bool | None, adapters: list[LoRAAdapter] | None = None
+) -> LLMEngine:
+    """An engine with random weights and one in-memory adapter per rank, every adapter fitting a device slot;
+    `adapters`: another engine's, shared (they are read-only), so two engines hold one copy."""
     decode_blocks = math.ceil(s.max_batch * (s.context + s.max_tokens) / s.block_size) + s.max_batch
     prefill_blocks = math.ceil((s.prefill_len + 1) / s.block_size) + 1
     settings = dict(
@@ -91,8 +96,41 @@ def make_engine(s: EngineSettings, mode: str, ranks: tuple[int, ...], graphs: bo
     if graphs is not None:
         settings["cuda_graphs"] = graphs
     engine = LLMEngine(EngineConfig(**settings))
-    add_adapters(engine, ranks)
+    if adapters is None:
+        add_adapters(engine, ranks)
+    for adapter in adapters or ():
+        engine.add_adapter(adapter)
     return engine
+
+
+def engine_sets(
+    s: EngineSettings, modes: list[str], ranks: tuple[int, ...], graphs: bool | None, note: Callable[[str], None]
+) -> Iterator[dict[str, LLMEngine]]:
+    """The engines of `modes`, all at once so their modes can be timed in turns; when the device cannot hold
+    them together, one at a time (and `note` says so). Each set is freed before the next is built."""
+    engines: dict[str, LLMEngine] = {}
+    try:
+        for mode in modes:
+            shared = next(iter(engines.values()), None)
+            engines[mode] = make_engine(s, mode, ranks, graphs, list(shared.pool.adapters.values()) if shared else None)
+    except (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.OutOfMemoryError)) as e:
+        engines.clear()
+        free_device(torch.device(s.device))
+        note(f"the {'+'.join(modes)} engines (batch up to {s.max_batch}) did not fit on the device together "
+             f"({type(e).__name__}): their modes were timed one engine after the other, not in turns")
+        for mode in modes:
+            yield {mode: make_engine(s, mode, ranks, graphs)}
+            free_device(torch.device(s.device))
+        return
+    yield engines
+    engines.clear()
+    free_device(torch.device(s.device))
+
+
+def free_device(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def add_adapters(engine: LLMEngine, ranks: tuple[int, ...]) -> None:

@@ -5,7 +5,6 @@ An engine phase holds a slora and a fair engine at once and times the modes that
 turns of a few steps: slora with fair at each mix, and base (requests without an adapter, on the slora
 engine) with fair serving every token hot."""
 import functools
-import gc
 import json
 import sys
 import tempfile
@@ -22,9 +21,10 @@ from benchmarks.engine_measure import (
     DecodeTiming,
     EngineSettings,
     adapter_name,
+    engine_sets,
+    free_device,
     graphs_flag_present,
     interleave,
-    make_engine,
     measure_merge,
     prefill_step,
 )
@@ -90,6 +90,7 @@ class Bench:
         }
         c = self.results["calibration"]
         self._log(f"calibration: GEMM {c['matmul_tflops']:.4g} TFLOP/s, copy {c['copy_gbps']:.4g} GB/s")
+        self._free()  # its buffers would otherwise stay cached beside two engines
 
     def _engine_phase(self, aset: AdapterSet, graphs: bool | None, batches, mixes, main: bool) -> None:
         """The slora and fair engines over batches × mixes; the main phase adds the prefills and the merge."""
@@ -103,27 +104,29 @@ class Bench:
             model_dir=self.model_dir, device=p.device, dtype=p.dtype, context=p.context, warmup=p.warmup, steps=p.steps,
             prefill_len=p.prefill_len, prefill_reps=p.prefill_reps, max_batch=max(batches), fill_budget=p.fill_budget,
         )
-        engines = {}
-        for mode in modes:
-            engine = self._attempt(f"{mode} engine ({aset.name}, graphs {_on(graphs)})",
-                                   functools.partial(make_engine, s, mode, aset.ranks, graphs))
-            if engine is not None:
-                engines[mode] = engine
-        try:
-            for batch in batches if "decode" in p.workloads else ():
-                if base:
-                    self._decode(engines, s, aset, graphs, batch, [("base", None), ("fair", Mix("all-hot"))])
-                for mix in mixes:
-                    self._decode(engines, s, aset, graphs, batch, [("slora", mix), ("fair", mix)])
-            if main and "prefill" in p.workloads:
-                self._prefills(engines, s, aset, base)
-            if main and "fair" in engines and "fair" in p.modes and "merge" in p.workloads:
-                self._measure(f"merge   {aset.name} switches", "merge",
-                              functools.partial(self._merge, engines["fair"], aset.ranks[0]))
-        finally:
-            engines.clear()
-            self._free()
-            write_outputs(self.results, self.plan, self.stem, self._notes(), self._elapsed(), False, self._log)
+        def measure_all() -> None:
+            for engines in engine_sets(s, modes, aset.ranks, graphs, self.notes.append):
+                try:
+                    self._engines_measure(engines, s, aset, graphs, batches, mixes, main, base)
+                finally:
+                    engines.clear()
+                    write_outputs(self.results, self.plan, self.stem, self._notes(), self._elapsed(), False, self._log)
+
+        self._attempt(label, measure_all)  # an engine that cannot be built ends the phase, not the run
+
+    def _engines_measure(self, engines: dict, s: EngineSettings, aset: AdapterSet, graphs: bool | None, batches,
+                         mixes, main: bool, base: bool) -> None:
+        p = self.plan
+        for batch in batches if "decode" in p.workloads else ():
+            if base:
+                self._decode(engines, s, aset, graphs, batch, [("base", None), ("fair", Mix("all-hot"))])
+            for mix in mixes:
+                self._decode(engines, s, aset, graphs, batch, [("slora", mix), ("fair", mix)])
+        if main and "prefill" in p.workloads:
+            self._prefills(engines, s, aset, base)
+        if main and "fair" in engines and "fair" in p.modes and "merge" in p.workloads:
+            self._measure(f"merge   {aset.name} switches", "merge",
+                          functools.partial(self._merge, engines["fair"], aset.ranks[0]))
 
     def _decode(self, engines: dict, s: EngineSettings, aset: AdapterSet, graphs: bool | None, batch: int,
                 cases: list[tuple[str, Mix | None]]) -> None:
@@ -273,9 +276,7 @@ class Bench:
         print(f"[{self._elapsed():6.1f}s] {line}", file=sys.stderr, flush=True)
 
     def _free(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_device(self.device)
 
 
 def _on(graphs: bool | None) -> str:

@@ -102,6 +102,31 @@ def test_interleave_times_each_run_in_turns_after_warming_all_up():
     assert "".join(order) == "abAABBAABBAB"
 
 
+def test_engines_that_do_not_fit_together_run_one_after_the_other(tmp_path, monkeypatch):
+    import torch
+
+    import benchmarks.engine_measure as engine_measure
+
+    make_engine = engine_measure.make_engine
+
+    def second_engine_out_of_memory(s, mode, ranks, graphs, adapters=None):
+        if adapters is not None:  # the second engine of a set shares the first one's adapters
+            raise torch.OutOfMemoryError("simulated: the second engine does not fit")
+        return make_engine(s, mode, ranks, graphs)
+
+    monkeypatch.setattr(engine_measure, "make_engine", second_engine_out_of_memory)
+    args = ["--tiny", "--out", str(tmp_path), "--modes", "base,fair,slora", "--adapter-sets", "uniform"]
+    results = json.loads(main(args)["json"].read_text())
+    assert any("did not fit on the device together" in n for n in results["notes"])
+    decode = [r for r in results["decode"] if "error" not in r]
+    assert {r["mode"] for r in decode} == {"base", "fair", "slora"} and len(decode) == len(results["decode"])
+    assert not any("partner" in r or r.get("timed_with") for r in decode)  # each mode ran alone
+    hot_vs_base = next(t for t in results["targets"] if t["target"].startswith("decode: fair, every token hot"))
+    fair = {r["batch"]: r["step_ms"] for r in decode if r["mode"] == "fair" and r["mix"] == "all-hot"}
+    ratio = max(fair[r["batch"]] / r["step_ms"] for r in decode if r["mode"] == "base")
+    assert hot_vs_base["reached"] == f"{ratio:.3f}×"
+
+
 def test_merge_restores_the_loaded_weights_bit_for_bit(run):
     _, results, _ = run
     merge = results["merge"]
