@@ -125,6 +125,8 @@ class Bench:
         if main and "prefill" in p.workloads:
             self._prefills(engines, s, aset, base)
         if main and "fair" in engines and "fair" in p.modes and "merge" in p.workloads:
+            engines.pop("slora", None)  # room for the merge's copy of the loaded weights
+            self._free()
             self._measure(f"merge   {aset.name} switches", "merge",
                           functools.partial(self._merge, engines["fair"], aset.ranks[0]))
 
@@ -166,7 +168,8 @@ class Bench:
         """slora engine: base (no adapter) and an adapter's request; fair engine (adapter 0 merged): a hot and a
         cold request. Each repetition runs every case once, in turns; the first repetition is a warm-up."""
         p = self.plan
-        wanted = {"base": base, "slora": "slora" in p.modes, "fair-hot": "fair" in p.modes, "fair-cold": "fair" in p.modes}
+        fair = "fair" in p.modes
+        wanted = {"base": base, "slora": "slora" in p.modes, "fair-hot": fair, "fair-cold": fair}
         cases = [c for c in [("base", None, None), ("slora", 1, None), ("fair-hot", 0, 0), ("fair-cold", 1, 0)]
                  if wanted[c[0]] and engine_of(c[0]) in engines]
         if not cases:
