@@ -112,8 +112,10 @@ def engine_sets(
     fits = True
     try:
         for mode in modes:
-            shared = next(iter(engines.values()), None)
-            engines[mode] = make_engine(s, mode, ranks, graphs, list(shared.pool.adapters.values()) if shared else None)
+            # No local name for the first engine: this generator's frame would keep it alive after the caller
+            # drops it from `engines` (the merge frees the slora engine that way).
+            shared = [list(e.pool.adapters.values()) for e in engines.values()][:1]
+            engines[mode] = make_engine(s, mode, ranks, graphs, shared[0] if shared else None)
     except (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.OutOfMemoryError)) as e:
         fits, error = False, type(e).__name__  # freed below, out of this block: the traceback holds the engines
     if not fits:
