@@ -104,6 +104,7 @@ class Bench:
             model_dir=self.model_dir, device=p.device, dtype=p.dtype, context=p.context, warmup=p.warmup, steps=p.steps,
             prefill_len=p.prefill_len, prefill_reps=p.prefill_reps, max_batch=max(batches), fill_budget=p.fill_budget,
         )
+
         def measure_all() -> None:
             for engines in engine_sets(s, modes, aset.ranks, graphs, self.notes.append):
                 try:
@@ -118,7 +119,7 @@ class Bench:
                          mixes, main: bool, base: bool) -> None:
         p = self.plan
         for batch in batches if "decode" in p.workloads else ():
-            if base:
+            if base and "slora" in engines:  # else fair all-hot is timed beside slora below
                 self._decode(engines, s, aset, graphs, batch, [("base", None), ("fair", Mix("all-hot"))])
             for mix in mixes:
                 self._decode(engines, s, aset, graphs, batch, [("slora", mix), ("fair", mix)])
@@ -132,8 +133,8 @@ class Bench:
 
     def _decode(self, engines: dict, s: EngineSettings, aset: AdapterSet, graphs: bool | None, batch: int,
                 cases: list[tuple[str, Mix | None]]) -> None:
-        """Time the cases' batches in turns. A base case keeps its fair partner inside its own record (the fair
-        record of that mix comes from its pair with slora); the others are a record each."""
+        """Time the cases' batches in turns; a base record keeps its fair partner (fair's own record of that mix
+        is from its pair with slora)."""
         cases = [(m, mix) for m, mix in cases if (m == "base" or m in self.plan.modes) and engine_of(m) in engines]
         if not cases:
             return

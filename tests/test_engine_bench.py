@@ -121,6 +121,8 @@ def test_engines_that_do_not_fit_together_run_one_after_the_other(tmp_path, monk
     decode = [r for r in results["decode"] if "error" not in r]
     assert {r["mode"] for r in decode} == {"base", "fair", "slora"} and len(decode) == len(results["decode"])
     assert not any("partner" in r or r.get("timed_with") for r in decode)  # each mode ran alone
+    keys = [(r["mode"], r["batch"], r["mix"]) for r in decode]
+    assert len(keys) == len(set(keys))
     hot_vs_base = next(t for t in results["targets"] if t["target"].startswith("decode: fair, every token hot"))
     fair = {r["batch"]: r["step_ms"] for r in decode if r["mode"] == "fair" and r["mix"] == "all-hot"}
     ratio = max(fair[r["batch"]] / r["step_ms"] for r in decode if r["mode"] == "base")
