@@ -60,3 +60,16 @@ def test_sentencepiece_space_survives_a_skipped_special_token():
         processor.append_all([seq], [token], [0.0])
         assert seq.text == tokenizer.decode(seq.output_ids, skip_special_tokens=True)
     assert seq.text == "Hello world, again"
+
+
+def test_outputs_report_each_step_the_new_tokens_and_the_whole_output():
+    processor = OutputProcessor(None, set(), 10_000)
+    seq = Sequence("r", None, [5, 6, 7], SamplingParams(max_tokens=4), RequestTimes(arrival=0.0))
+    reasons, reported = [], []
+    for token in (11, 12, 13, 14):
+        reasons += processor.append_all([seq], [token], [0.0])
+        out = OutputProcessor.output(seq)
+        reported += out.new_token_ids
+        assert out.token_ids == seq.output_ids == reported and out.prompt_token_ids == [5, 6, 7]
+    assert reasons == [None, None, None, "length"]
+    assert seq.num_output == 4 and seq.output_slice(1, 3) == [12, 13] and seq.output_slice(2) == [13, 14]

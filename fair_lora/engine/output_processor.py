@@ -32,20 +32,20 @@ class OutputProcessor:
 
     def _detokenize(self, seqs: list[Sequence]) -> None:
         """seq.text = decode(output ids) for every sequence, from the two windows each decodes."""
-        outputs = [seq.output_ids for seq in seqs]
         windows = []
-        for seq, out in zip(seqs, outputs):
-            windows += [out[seq.prefix_offset : seq.read_offset], out[seq.prefix_offset :]]
+        for seq in seqs:
+            windows += [seq.output_slice(seq.prefix_offset, seq.read_offset), seq.output_slice(seq.prefix_offset)]
         texts = self.decode_many(windows)
-        for i, (seq, out) in enumerate(zip(seqs, outputs)):
+        for i, seq in enumerate(seqs):
             prefix, full = texts[2 * i], texts[2 * i + 1]
+            n = seq.num_output
             if not full.startswith(prefix):
                 # The decoder rewrote text across the window's edge (a clean-up of spaces): decode it all once,
                 # and start the next windows a few tokens back, so this does not repeat every step.
-                seq.text = self.decode_many([out])[0]
+                seq.text = self.decode_many([seq.output_ids])[0]
                 if not seq.text.endswith(REPLACEMENT):
                     seq.stable_text = seq.text
-                    seq.prefix_offset, seq.read_offset = max(0, len(out) - 5), len(out)
+                    seq.prefix_offset, seq.read_offset = max(0, n - 5), n
                 continue
             seq.text = seq.stable_text + full[len(prefix) :]
             # The windows move on only past new, whole characters: a token that decodes to nothing (a skipped
@@ -53,7 +53,7 @@ class OutputProcessor:
             # token after it as the first and drop its leading space.
             if len(full) > len(prefix) and not full.endswith(REPLACEMENT):
                 seq.stable_text = seq.text
-                seq.prefix_offset, seq.read_offset = seq.read_offset, len(out)
+                seq.prefix_offset, seq.read_offset = seq.read_offset, n
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
@@ -67,19 +67,19 @@ class OutputProcessor:
             if at != -1:
                 seq.text = seq.text[:at]  # like vLLM: the stop string itself is not returned
                 return "stop"
-        if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+        if seq.num_output >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None
 
     @staticmethod
     def output(seq: Sequence) -> RequestOutput:
-        new = seq.output_ids[seq.num_emitted :]
-        seq.num_emitted = len(seq.output_ids)
+        new = seq.output_slice(seq.num_emitted)
+        seq.num_emitted = seq.num_output
         return RequestOutput(
             request_id=seq.request_id,
             adapter=seq.adapter,
             prompt_token_ids=seq.prompt_token_ids,
-            token_ids=seq.output_ids,
+            token_ids=seq.output_ids,  # the one copy of the output a step makes per sequence: the API's
             text=seq.text,
             finished=seq.finished,
             finish_reason=seq.finish_reason,

@@ -44,8 +44,19 @@ class Sequence:
         return len(self.token_ids)
 
     @property
+    def num_output(self) -> int:
+        return len(self.token_ids) - len(self.prompt_token_ids)
+
+    @property
     def output_ids(self) -> list[int]:
+        """A copy: O(output length). Per-step code slices `output_slice` or counts with `num_output` instead,
+        or a long generation would pay a copy per token and step (quadratic in its length)."""
         return self.token_ids[len(self.prompt_token_ids) :]
+
+    def output_slice(self, start: int, end: int | None = None) -> list[int]:
+        """output_ids[start:end] without copying the rest (start, end >= 0)."""
+        first = len(self.prompt_token_ids)
+        return self.token_ids[first + start : None if end is None else first + end]
 
     @property
     def num_uncomputed(self) -> int:
