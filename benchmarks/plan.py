@@ -74,8 +74,8 @@ TINY = dict(
     model="tiny Llama (2 layers, hidden 64)", device="cpu", dtype="float32", num_adapters=8, rank=4,
     mixed_ranks=(2, 4, 8),
     batches=(1, 4), mixes="all-hot,0.1,1,all-distinct", mixed_mixes="all-hot,1", peft_max_batch=4, peft_steps=2,
-    context=16, warmup=1, steps=3, turn=1, prefill_len=64, prefill_reps=2, fill_budget=64, merge_adapters=3, merge_rounds=2,
-    roofline_min_batch=4, gemm_size=128, copy_bytes=4 << 20,
+    context=16, warmup=1, steps=3, turn=1, prefill_len=64, prefill_reps=2, fill_budget=64, merge_adapters=3,
+    merge_rounds=2, roofline_min_batch=4, gemm_size=128, copy_bytes=4 << 20,
 )
 
 

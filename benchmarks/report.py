@@ -139,7 +139,8 @@ def progress_line(r: dict) -> str:
         )
         if "partner" in r:  # a base record times fair serving every token hot beside it
             q = r["partner"]
-            line += f"; timed in turns with {q['mode']} {q['mix']}: {q['step_ms']:.2f} ms, {q['step_ms'] / r['step_ms']:.3f}×"
+            ratio = q["step_ms"] / r["step_ms"]
+            line += f"; timed in turns with {q['mode']} {q['mix']}: {q['step_ms']:.2f} ms, {ratio:.3f}×"
         return line
     if "case" in r:
         return f"{r['ms']:8.2f} ms {r['tokens_per_s']:10,.0f} tok/s {r['roofline_pct']:4.0f}% roofline"
