@@ -55,6 +55,7 @@ class RoutingArgs(_Strict):
 
 class AppArgs(_Strict):
     model: str | None = None  # a Hugging Face model directory on every worker node; None: the embedded demo
+    load_format: Literal["safetensors", "dummy"] = "safetensors"  # dummy: random weights from config.json
     served_model_name: str | None = None  # the base model's `model` name in the API; default: the directory name
     adapters: dict[str, str] = Field(default_factory=dict)  # name -> PEFT adapter directory
     adapter_roots: list[str] = Field(default_factory=list)  # where /v1/load_lora_adapter may read from
@@ -68,6 +69,13 @@ class AppArgs(_Strict):
     max_waiting: PositiveInt = 256  # per worker; beyond it requests get 429
     max_lora_rank: PositiveInt = 64
     max_adapter_slots: PositiveInt = 16
+    num_kv_blocks: PositiveInt | None = None  # KV cache size; at most one of these two. None: from the memory left
+    num_kv_tokens: PositiveInt | None = None
+    gpu_memory_utilization: float = Field(0.90, gt=0.0, le=1.0)
+    scheduling_policy: Literal["fcfs", "vtc"] = "fcfs"
+    fair_weights: dict[str, PositiveFloat] = Field(default_factory=dict)  # vtc: client -> weight (default 1)
+    max_request_bytes: PositiveInt = 1 << 20  # larger HTTP bodies get 413 before they are read
+    access_log: bool = False  # one INFO line per request in the ingress and the workers
     cpu_threads: PositiveInt | None = None  # torch threads per worker; None: torch's default
     workers: ReplicaArgs = Field(default_factory=lambda: ReplicaArgs(num_replicas=2))
     ingress: ReplicaArgs = Field(default_factory=ReplicaArgs)
@@ -78,6 +86,8 @@ class AppArgs(_Strict):
     def _consistent(self) -> "AppArgs":
         if self.device == "cuda" and self.workers.num_gpus < 1:
             raise ValueError("device is 'cuda' but workers.num_gpus < 1: give each worker a GPU (workers.num_gpus: 1)")
+        if self.num_kv_blocks is not None and self.num_kv_tokens is not None:
+            raise ValueError("set num_kv_blocks or num_kv_tokens, not both")
         if self.model is None and self.device == "cpu" and self.workers.num_gpus:
             raise ValueError("the embedded demo runs on CPU: drop workers.num_gpus or set model and device: cuda")
         return self
@@ -91,6 +101,7 @@ class AppArgs(_Strict):
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             model=self.model,
+            load_format=self.load_format,
             adapters=dict(self.adapters),
             adapter_roots=list(self.adapter_roots),
             device=self.device,
@@ -102,6 +113,11 @@ class AppArgs(_Strict):
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_model_len=self.max_model_len,
             max_waiting=self.max_waiting,
+            num_kv_blocks=self.num_kv_blocks,
+            num_kv_tokens=self.num_kv_tokens,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            scheduling_policy=self.scheduling_policy,
+            fair_weights=dict(self.fair_weights),
             popularity=self.popularity.config(),
             auto_hot=False,  # the cluster-wide plan decides, through set_hot_adapter
             demo_dir=self.demo_dir,

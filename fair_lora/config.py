@@ -25,11 +25,18 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     max_waiting: int = 4096  # add_request beyond this raises QueueFullError
     block_size: int = 16
-    num_kv_blocks: int | None = None  # None: sized from max_num_seqs and max_model_len
-    scheduling_policy: str = "fcfs"
+    # KV cache size. At most one of num_kv_blocks / num_kv_tokens; with neither, CUDA gives the cache
+    # gpu_memory_utilization of the device minus weights, adapter slots, the pristine copy and the activation
+    # peak, and the CPU sizes it for max_num_seqs sequences of max_model_len.
+    num_kv_blocks: int | None = None
+    num_kv_tokens: int | None = None
+    gpu_memory_utilization: float = 0.90
+    scheduling_policy: str = "fcfs"  # "fcfs" or "vtc" (fair share of tokens across clients)
+    fair_weights: dict[str, float] = field(default_factory=dict)  # vtc: client (adapter) -> weight, default 1
     cuda_graphs: bool = True  # on CUDA, replay decode steps from captured graphs (batch sizes up to 256)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     auto_hot: bool = True  # fair mode: the engine's own window picks the hot adapter; False: set_hot_adapter only
+    detokenize: bool = True  # False: outputs carry token ids only, no text, no stop strings (a front-end does them)
     demo_dir: str | None = None  # where the demo assets are created; None: ~/.cache/fair_lora/demo
 
     def __post_init__(self) -> None:
@@ -43,9 +50,15 @@ class EngineConfig:
                      "max_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("max_model_len", "num_kv_blocks"):
+        for name in ("max_model_len", "num_kv_blocks", "num_kv_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None")
+        if self.num_kv_blocks is not None and self.num_kv_tokens is not None:
+            raise ValueError("set num_kv_blocks or num_kv_tokens, not both")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if any(not (isinstance(w, (int, float)) and w > 0) for w in self.fair_weights.values()):
+            raise ValueError("fair_weights must be positive numbers")
         if self.max_lora_rank > 128:
             raise ValueError("max_lora_rank must be <= 128 (one rank block of the correction kernels)")
         if self.mode == "fair" and self.max_adapter_slots < 2:

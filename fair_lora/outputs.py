@@ -17,7 +17,8 @@ class RequestOutput:
     token_ids: list[int]
     text: str
     finished: bool
-    finish_reason: str | None  # "stop" (eos or a stop string), "length", "abort"
+    finish_reason: str | None  # "stop" (eos or a stop string), "length", "abort", "error"
     times: RequestTimes
     logprobs: list[float] | None = None  # of each chosen token, when asked
     new_token_ids: list[int] = field(default_factory=list)  # produced by the last step only
+    error: str | None = None  # finish_reason "error": what failed while this request was computed

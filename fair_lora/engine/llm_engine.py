@@ -36,6 +36,15 @@ from fair_lora.popularity import HotAdapterPolicy, PopularityWindow
 from fair_lora.sampling_params import SamplingParams
 
 
+FATAL_FAILURES = 8  # this many requests in a row failing alone means the engine is broken: step() raises
+
+
+def _poisons_device(error: Exception) -> bool:
+    """A CUDA error leaves the device context unusable for every later request: no isolating it."""
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    return isinstance(error, accelerator_error) or "CUDA error" in str(error)
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -57,10 +66,12 @@ class LLMEngine:
         merger = HotMerger(linears) if config.mode == "fair" else None
         self.hot_switch = HotSwitch(self.pool, merger, HotAdapterPolicy(config.popularity), self.window)
         self.sequences: dict[str, Sequence] = {}
-        self.processor = OutputProcessor(self.tokenizer, self._eos_ids(), self.max_model_len)
+        text_tokenizer = self.tokenizer if config.detokenize else None
+        self.processor = OutputProcessor(text_tokenizer, self._eos_ids(), self.max_model_len)
         self._ids = itertools.count()
         self.last_step = StepStats()
         self.num_preemptions = 0
+        self._consecutive_failures = 0
         for name, path in adapters.items():
             self.load_adapter(name, path)
 
@@ -73,7 +84,7 @@ class LLMEngine:
     def _build_batching(self, config: EngineConfig) -> tuple[BlockManager, Scheduler, ModelRunner]:
         num_blocks = config.num_kv_blocks or config.max_num_seqs * -(-self.max_model_len // config.block_size)
         blocks = BlockManager(num_blocks, config.block_size)
-        policy = make_policy(config.scheduling_policy)
+        policy = make_policy(config.scheduling_policy, config.fair_weights)
         scheduler = Scheduler(blocks, policy, self.pool, config.max_num_seqs, config.max_num_batched_tokens)
         graphs = None
         if config.cuda_graphs and torch.device(config.device).type == "cuda":
@@ -161,7 +172,9 @@ class LLMEngine:
         adapter: str | None = None,
         params: SamplingParams | None = None,
         request_id: str | None = None,
+        client: str | None = None,
     ) -> str:
+        """Queue a request. `client` is who fair scheduling (vtc) counts it against; None: its adapter."""
         params = params or SamplingParams()
         if adapter is not None:
             self.pool.get(adapter)
@@ -171,6 +184,8 @@ class LLMEngine:
             raise RequestError("the prompt is empty")
         if self.tokenizer is None and (isinstance(prompt, str) or params.stop):
             raise RequestError("this engine has no tokenizer: pass prompt token ids, and no stop strings")
+        if params.stop and not self.config.detokenize:
+            raise RequestError("this engine does not detokenize (detokenize=False): check stop strings on its outputs")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self._check_prompt(ids, params)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -179,7 +194,7 @@ class LLMEngine:
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.config.device).manual_seed(params.seed)
-        seq = Sequence(request_id, adapter, ids, params, RequestTimes(arrival=time.monotonic()), generator)
+        seq = Sequence(request_id, adapter, ids, params, RequestTimes(arrival=time.monotonic()), generator, client=client)
         self.sequences[request_id] = seq
         self.scheduler.add(seq)
         self.window.record(adapter)
@@ -212,17 +227,13 @@ class LLMEngine:
     # ---- the step loop ---------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        """schedule → run → postprocess; a failure while running is confined to the requests that cause it."""
         if self.config.auto_hot:
             self.hot_switch.follow_policy()
         start = time.perf_counter()
         out = self.scheduler.schedule()
         self.num_preemptions += len(out.preempted)
-        if not out.scheduled:
-            self.last_step = StepStats(num_preempted=len(out.preempted), hot_adapter=self.hot_adapter)
-            return []
-        slots = [self.pool.slot_of[s.seq.adapter] if s.seq.adapter else -1 for s in out.scheduled]
-        logits = self.runner.run(out.scheduled, slots, self.pool.slot_scales, self.hot_switch.slot())
-        outputs = self._postprocess(out.scheduled, logits)
+        outputs = self._run_isolated(out.scheduled) if out.scheduled else []
         corrected = sum(s.num_new for s in out.scheduled if s.seq.adapter != self.hot_adapter)
         self.last_step = StepStats(
             len(out.scheduled), out.num_tokens, corrected, len(out.preempted), self.hot_adapter,
@@ -230,19 +241,53 @@ class LLMEngine:
         )
         return outputs
 
-    def _postprocess(self, scheduled: list[ScheduledSeq], logits: torch.Tensor) -> list[RequestOutput]:
-        sampling = [s for s in scheduled if s.samples]
-        tokens, logprobs = sample(logits, [s.seq.params for s in sampling], [s.seq.generator for s in sampling])
-        for s in scheduled:  # only once sampling succeeded: a failed step leaves every sequence as it was
+    def _run_isolated(self, scheduled: list[ScheduledSeq]) -> list[RequestOutput]:
+        """Run the step; if it raises, run each half again (recursively), so the requests that make it fail
+        finish with an "error" and the others go on. Re-running is safe: nothing changes before sampling
+        succeeded, and rewriting the same KV positions writes the same values."""
+        try:
+            tokens, logprobs = self._forward_and_sample(scheduled)
+        except Exception as error:  # noqa: BLE001 - a request's failure must not stop everyone else's
+            if _poisons_device(error) or len(scheduled) == 1 and self._failing_everyone(error):
+                raise
+            if len(scheduled) == 1:
+                return [self._fail(scheduled[0].seq, error)]
+            half = len(scheduled) // 2
+            return self._run_isolated(scheduled[:half]) + self._run_isolated(scheduled[half:])
+        self._consecutive_failures = 0
+        return self._postprocess(scheduled, tokens, logprobs)
+
+    def _failing_everyone(self, error: Exception) -> bool:
+        """True once FATAL_FAILURES requests in a row failed alone: then the engine, not a request, is broken."""
+        self._consecutive_failures += 1
+        return self._consecutive_failures >= FATAL_FAILURES
+
+    def _fail(self, seq: Sequence, error: Exception) -> RequestOutput:
+        self.scheduler.finish(seq, "error")
+        seq.times.finish = time.monotonic()
+        self.sequences.pop(seq.request_id, None)
+        output = self.processor.output(seq)
+        output.error = f"{type(error).__name__}: {error}"
+        return output
+
+    def _forward_and_sample(self, scheduled: list[ScheduledSeq]) -> tuple[list[int], list[float]]:
+        slots = [self.pool.slot_of[s.seq.adapter] if s.seq.adapter else -1 for s in scheduled]
+        logits = self.runner.run(scheduled, slots, self.pool.slot_scales, self.hot_switch.slot())
+        sampling = [s.seq for s in scheduled if s.samples]
+        return sample(logits, [seq.params for seq in sampling], [seq.generator for seq in sampling])
+
+    def _postprocess(self, scheduled: list[ScheduledSeq], tokens: list[int], logprobs: list[float]) -> list[RequestOutput]:
+        for s in scheduled:
             s.seq.num_computed += s.num_new
+        sampling = [s.seq for s in scheduled if s.samples]
         outputs = []
-        reasons = self.processor.append_all([s.seq for s in sampling], tokens, logprobs)
-        for s, reason in zip(sampling, reasons):
+        reasons = self.processor.append_all(sampling, tokens, logprobs)
+        for seq, reason in zip(sampling, reasons):
             if reason is not None:
-                self.scheduler.finish(s.seq, reason)
-                s.seq.times.finish = time.monotonic()
-                self.sequences.pop(s.seq.request_id, None)
-            outputs.append(self.processor.output(s.seq))
+                self.scheduler.finish(seq, reason)
+                seq.times.finish = time.monotonic()
+                self.sequences.pop(seq.request_id, None)
+            outputs.append(self.processor.output(seq))
         return outputs
 
     def generate(

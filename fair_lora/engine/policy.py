@@ -19,7 +19,7 @@ class FCFSPolicy:
 POLICIES: dict[str, type] = {"fcfs": FCFSPolicy}
 
 
-def make_policy(name: str) -> SchedulingPolicy:
+def make_policy(name: str, fair_weights: dict[str, float] | None = None) -> SchedulingPolicy:
     if name not in POLICIES:
         raise ValueError(f"scheduling_policy {name!r} is unknown; choose one of {sorted(POLICIES)}")
     return POLICIES[name]()

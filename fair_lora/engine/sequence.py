@@ -22,6 +22,7 @@ class Sequence:
     params: SamplingParams
     times: RequestTimes
     generator: torch.Generator | None = None  # seeded per request, so sampling ignores batch composition
+    client: str | None = None  # whom fair scheduling counts this request against; None: its adapter
     token_ids: list[int] = field(default_factory=list)  # prompt + output
     logprobs: list[float] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
@@ -31,7 +32,7 @@ class Sequence:
     text: str = ""
     checked_chars: int = 0  # characters of `text` already searched for stop strings
     stable_text: str = ""  # text of the output tokens before read_offset (it ends with whole characters)
-    prefix_offset: int = 0  # incremental detokenization windows (engine/output_processor.py)
+    prefix_offset: int = 0  # incremental detokenization windows (engine/detokenizer.py)
     read_offset: int = 0
     num_emitted: int = 0  # output tokens already reported, for incremental outputs
     num_preemptions: int = 0
