@@ -277,9 +277,9 @@ class LLMEngine:
         return sample(logits, [seq.params for seq in sampling], [seq.generator for seq in sampling])
 
     def _postprocess(self, scheduled: list[ScheduledSeq], tokens: list[int], logprobs: list[float]) -> list[RequestOutput]:
+        sampling = [s.seq for s in scheduled if s.samples]  # before num_computed moves, which `samples` reads
         for s in scheduled:
             s.seq.num_computed += s.num_new
-        sampling = [s.seq for s in scheduled if s.samples]
         outputs = []
         reasons = self.processor.append_all(sampling, tokens, logprobs)
         for seq, reason in zip(sampling, reasons):
