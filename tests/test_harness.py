@@ -230,6 +230,24 @@ def test_demo_copies_point_at_the_demo_adapters_cyclically(tmp_path):
     assert assets.model is None and assets.demo_dir == str(tmp_path)
 
 
+def test_plot_exp_writes_every_plot_next_to_the_results(tmp_path):
+    from benchmarks.plot_exp import main
+
+    service = {"bin_s": 1.0, "input_tokens": {"x-0": [9, 0]}, "output_tokens": {"x-0": [3, 4], "x-1": [0, 2]}}
+    timeline = [{"t": 0.0, "hot": [None]}, {"t": 1.0, "hot": ["x-0"]}, {"t": 2.0, "hot": ["x-0"]}]
+    records = [{"config": {"suite": suite, "mode": mode, "num_adapters": 2, "alpha": alpha, "req_rate": rate,
+                           "model_setting": "Demo", "device": "cpu", "git_commit": "abc"},
+                "result": {"throughput": rate / 2, "output_tokens_per_s": 10.0, "ttft_p90": 0.5, "avg_attainment": 1.0,
+                           "ttfts": [0.1, 0.4, 0.5], "service": service, "hot_timeline": timeline}}
+               for suite, rate in (("fair", 2), ("rate-sweep", 1), ("rate-sweep", 4))
+               for mode in ("fair", "slora") for alpha in (0.1, 1)]
+    results = tmp_path / "all_results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    main([str(results)])
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        f"all_results_{kind}.png" for kind in ("alpha", "rate_sweep", "service", "ttft_cdf")]
+
+
 # ---- the smoke run ---------------------------------------------------------------------------------------
 
 
