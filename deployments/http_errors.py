@@ -18,10 +18,15 @@ from fair_lora.errors import (
 )
 
 RETRY_AFTER_S = "1"
+# Every status the app answers: OpenAI's client's exception name where it has one (vLLM sends the same), else alike.
 ERROR_TYPES = {
     400: "BadRequestError",
     404: "NotFoundError",
+    405: "MethodNotAllowedError",
     409: "ConflictError",
+    413: "RequestTooLargeError",
+    415: "UnsupportedMediaTypeError",
+    422: "UnprocessableEntityError",
     429: "RateLimitError",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
@@ -49,7 +54,7 @@ class HTTPError(Exception):
         return {"Retry-After": RETRY_AFTER_S} if self.status in (429, 503) else {}
 
     def body(self) -> dict:
-        kind = ERROR_TYPES.get(self.status, "Error")
+        kind = ERROR_TYPES.get(self.status, "APIStatusError")  # OpenAI's client's name for any other status
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.status}}
 
     def response(self) -> JSONResponse:
@@ -84,7 +89,9 @@ async def validation_error_handler(_: Request, error: RequestValidationError) ->
     first = error.errors()[0] if error.errors() else {}
     where = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(where) or None
-    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", "invalid request body"))
+    # Our own checks raise ValueError, which pydantic reports as "Value error, <message>": the message is enough.
+    why = str(first["ctx"]["error"]) if first.get("type") == "value_error" else first.get("msg", "invalid request body")
+    message = f"{param}: {why}" if param else str(why)
     return HTTPError(400, message, param).response()
 
 

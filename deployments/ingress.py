@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
 
 from deployments.app_args import AppArgs
+from deployments.body_limit import BodyLimit
 from deployments.http_errors import (
     EXPECTED_ERRORS,
     HTTPError,
@@ -92,6 +93,7 @@ class CallStream(StreamingResponse):
 
 
 app = FastAPI(title="fair_lora")
+app.add_middleware(BodyLimit)  # bodies over AppArgs.max_request_bytes get 413 before they are read or parsed
 app.add_exception_handler(RequestValidationError, validation_error_handler)
 app.add_exception_handler(StarletteHTTPException, route_error_handler)
 for expected in EXPECTED_ERRORS:

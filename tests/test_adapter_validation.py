@@ -165,6 +165,31 @@ def test_path_outside_adapter_roots_is_refused(engine, demo, tmp_path):
     assert_unchanged(engine, before)
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["{root}/a\0b", "{root}/" + "x" * 300, "{root}/" + "x" * 300 + "/adapter", "~no-such-user-fair-lora/adapter"],
+    ids=["nul-byte", "overlong-name", "overlong-parent", "unknown-home"],
+)
+def test_unusable_paths_are_refused_as_path_errors(engine, bad_root, path):
+    before = engine_state(engine)
+    with pytest.raises(AdapterPathError, match="not a usable path"):
+        engine.load_adapter("unusable", path.format(root=bad_root))
+    assert_unchanged(engine, before)
+
+
+def test_files_past_the_systems_path_limit_are_a_format_error(engine, bad_root):
+    """The directory is fine, but its files' paths pass PATH_MAX: an OSError inside, a named error outside."""
+    deep, length = bad_root / "deep", 4090  # under PATH_MAX (4096 with its NUL); "/adapter_config.json" is not
+    while len(str(deep)) + 101 < length:
+        deep /= "d" * 100
+    deep /= "e" * (length - len(str(deep)) - 1)
+    deep.mkdir(parents=True)
+    before = engine_state(engine)
+    with pytest.raises(AdapterFormatError, match="cannot read the adapter's files"):
+        engine.load_adapter("deep", deep)
+    assert_unchanged(engine, before)
+
+
 def test_symlinked_weights_escaping_the_roots_are_refused(engine, demo, bad_root, tmp_path):
     outside = copy_adapter(demo, tmp_path, "outside", source="adapter-2")
     inside = copy_adapter(demo, bad_root, "symlinked", source="adapter-2")

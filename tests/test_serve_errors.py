@@ -1,5 +1,6 @@
 """Every mistake a client can make gets its status code and a message in OpenAI's error shape, never a 500."""
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -32,7 +33,7 @@ def _error(response, status: int, *words: str, param: str | None = None) -> None
         ("/v1/completions", {**OK, "max_tokens": 0}, 400, ["greater than or equal to 1"], "max_tokens"),
         ("/v1/completions", {**OK, "temperature": -1}, 400, ["greater than or equal to 0"], "temperature"),
         ("/v1/completions", {**OK, "top_p": 0}, 400, ["greater than 0"], "top_p"),
-        ("/v1/completions", {**OK, "n": 2}, 400, ["n must be 1"], None),
+        ("/v1/completions", {**OK, "n": 2}, 400, ["n must be 1"], "n"),
         ("/v1/completions", {**OK, "seed": -1}, 400, ["greater than or equal to 0"], "seed"),
         ("/v1/completions", {**OK, "seed": 2**63}, 400, ["less than"], "seed"),
         ("/generate", {"prompt": "x", "seed": 2**64}, 400, ["less than"], "seed"),
@@ -47,6 +48,13 @@ def _error(response, status: int, *words: str, param: str | None = None) -> None
         ("/v1/load_lora_adapter", {"lora_name": "fair-lora-demo", "lora_path": "/x"}, 400, ["base model"], "lora_name"),
         ("/v1/load_lora_adapter", {"lora_name": "../up", "lora_path": "/x"}, 400, ["invalid"], None),
         ("/v1/unload_lora_adapter", {"lora_name": "never-loaded"}, 404, ["never-loaded"], None),
+        ("/v1/completions", {**OK, "stream": "yes"}, 400, ["boolean"], "stream"),
+        ("/v1/completions", {**OK, "prompt": [True, False]}, 400, ["token ids"], "prompt"),
+        ("/v1/completions", {**OK, "logit_bias": {"42": 100}}, 400, ["not supported"], "logit_bias"),
+        ("/v1/chat/completions", {"model": "adapter-0", "messages": [{"role": "user", "content": "x"}], "tools": [{}]},
+         400, ["not supported"], "tools"),
+        ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "a\u0000b"}, 400, ["NUL"], "lora_path"),
+        ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/" + "x" * 300}, 400, ["255 bytes"], "lora_path"),
     ],
 )
 def test_bad_input_gets_its_status_and_message(config_app, path, body, status, words, param):
@@ -64,6 +72,26 @@ def test_unknown_paths_and_methods_answer_in_openai_shape(config_app):
     with config_app.client() as c:
         _error(c.get("/v1/nothing-here"), 404, "Not Found")
         _error(c.get("/v1/completions"), 405, "Method Not Allowed")
+        assert c.get("/v1/completions").json()["error"]["type"] == "MethodNotAllowedError"
+
+
+def test_a_top_k_past_int64_is_a_400_and_the_app_keeps_serving(config_app):
+    with config_app.client() as c:
+        _error(c.post("/v1/completions", json={**OK, "top_k": 9223372036854775808}), 400, "top_k", param="top_k")
+        replies = [c.post("/v1/completions", json={**OK, "top_k": 5, "temperature": 1.0}) for _ in range(4)]
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+
+
+def test_a_body_over_max_request_bytes_is_a_413_however_it_is_sent(config_app):
+    big = json.dumps({**OK, "prompt": "x" * (1 << 20)}).encode()
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))  # no Content-Length: counted as it arrives
+    headers = {"content-type": "application/json"}
+    with config_app.client() as c:
+        for response in (c.post("/v1/completions", content=big, headers=headers),
+                         c.post("/v1/completions", content=chunks, headers=headers)):
+            _error(response, 413, "max_request_bytes")
+            assert response.json()["error"]["type"] == "RequestTooLargeError"
+        assert c.post("/v1/completions", json=OK).status_code == 200
 
 
 def test_loading_an_adapter_twice_is_a_400_and_changes_nothing(config_app, offline_engine):

@@ -1,6 +1,9 @@
 """Continuous batching: every step runs the running sequences' next tokens (decode or the rest of a chunked
-prefill) and admits waiting ones while the token budget, the sequence limit and the KV blocks allow.
-When blocks run out, the most recently admitted sequence is preempted and later recomputed."""
+prefill) and admits waiting ones, in the policy's order, while the token budget, the sequence limit and the KV
+blocks allow. When blocks run out, the most recently admitted sequence is preempted and later recomputed.
+
+A waiting sequence whose adapter has no ready device slot starts its load and waits while the ones behind it are
+admitted; KV memory, though, is handed out in strict order."""
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -12,7 +15,7 @@ from fair_lora.engine.sequence import Sequence, SequenceStatus
 class AdapterSlots(Protocol):
     """The adapter pool as the scheduler sees it: a running sequence pins its adapter's device slot."""
 
-    def can_acquire(self, name: str) -> bool: ...
+    def prefetch(self, name: str) -> bool: ...  # start its load if needed; True once its slot is ready
     def acquire(self, name: str) -> int: ...
     def release(self, name: str) -> None: ...
 
@@ -48,14 +51,14 @@ class Scheduler:
     ) -> None:
         self.blocks, self.policy, self.adapters = blocks, policy, adapters
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
-        self.waiting: list[Sequence] = []
-        self.running: list[Sequence] = []  # in admission order: the last one is preempted first
+        self.waiting = policy  # the policy owns the waiting queue: len(), iteration, `in`
+        self.running: dict[Sequence, None] = {}  # in admission order: the last one is preempted first
 
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+        self.policy.add(seq)
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(len(self.policy) or self.running)
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -66,38 +69,52 @@ class Scheduler:
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         for seq in list(self.running):
-            if budget == 0 or seq not in self.running:
+            if budget == 0 or seq.status is not SequenceStatus.RUNNING:
                 continue
             num_new = min(seq.num_uncomputed, budget)
             while not self.blocks.can_allocate(seq, num_new):
-                victim = self.running[-1]
+                victim = next(reversed(self.running))
                 self.preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
                     break
             if seq.status is SequenceStatus.RUNNING:
-                self.blocks.allocate(seq, num_new)
-                out.scheduled.append(ScheduledSeq(seq, num_new))
-                budget -= num_new
+                budget -= self._run(out, seq, num_new)
         return budget
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        for seq in self.policy.order(self.waiting):
+        not_ready: set[str] = set()  # adapters whose slot is loading, or that no slot can take, this step
+        for seq in self.policy.candidates():
             if budget == 0 or len(self.running) >= self.max_num_seqs:
                 return
-            if seq.adapter is not None and not self.adapters.can_acquire(seq.adapter):
-                return  # every slot is pinned: wait for a running sequence to finish (strict order, no starvation)
             num_new = min(seq.num_uncomputed, budget)
+            ready = self._adapter_ready(seq.adapter, not_ready)  # starts its load: it overlaps the steps it waits
             if not self.blocks.can_allocate(seq, num_new):
-                return
+                return  # KV memory in strict order, so a big request is not starved by small ones behind it
+            if not ready:
+                continue  # no head-of-line blocking: the ones behind it may go while its slot loads or is busy
             if seq.adapter is not None:
                 self.adapters.acquire(seq.adapter)
-            self.waiting.remove(seq)
-            self.blocks.allocate(seq, num_new)
+            self.policy.admit(seq)
             seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
-            out.scheduled.append(ScheduledSeq(seq, num_new))
-            budget -= num_new
+            self.running[seq] = None
+            budget -= self._run(out, seq, num_new)
+
+    def _adapter_ready(self, name: str | None, not_ready: set[str]) -> bool:
+        if name is None:
+            return True
+        if name in not_ready:
+            return False
+        if self.adapters.prefetch(name):
+            return True
+        not_ready.add(name)
+        return False
+
+    def _run(self, out: SchedulerOutput, seq: Sequence, num_new: int) -> int:
+        self.blocks.allocate(seq, num_new)
+        out.scheduled.append(ScheduledSeq(seq, num_new))
+        self.policy.charge(seq, num_new)
+        return num_new
 
     def preempt(self, seq: Sequence) -> None:
         """Recompute preemption: drop the cache, keep the tokens; the prefill redoes prompt + output."""
@@ -105,18 +122,18 @@ class Scheduler:
         seq.num_computed = 0
         seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
-        self.waiting.append(seq)
+        self.policy.requeue(seq)
 
     def finish(self, seq: Sequence, reason: str) -> None:
-        if seq.status is SequenceStatus.WAITING:
-            self.waiting.remove(seq)
-        elif seq.status is SequenceStatus.RUNNING:
+        if seq.status is SequenceStatus.RUNNING:
             self._release(seq)
+        if seq.status is not SequenceStatus.FINISHED:
+            self.policy.finish(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
 
     def _release(self, seq: Sequence) -> None:
-        self.running.remove(seq)
+        del self.running[seq]
         self.blocks.free(seq)
         if seq.adapter is not None:
             self.adapters.release(seq.adapter)

@@ -63,15 +63,15 @@ class LoRASlots:
         return LoRASlots(self.a[:, j * r : (j + 1) * r], self.b_t[:, :, lo:hi], self.ranks[j : j + 1],
                          [self.ranks_host[j]], (hi - lo,))
 
-    def write(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
+    def write(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None, non_blocking: bool = False) -> None:
         """Put one adapter's A [r, H_in] and B [H_out, r] in `slot` of a single projection (a group's `sub`);
-        None clears it (projection not targeted)."""
+        None clears it (projection not targeted). non_blocking: asynchronous copies from pinned host memory."""
         assert len(self.out_sizes) == 1, "write through sub(j)"
         self.a[slot].zero_()
         self.b_t[slot].zero_()
         r = 0 if a is None else a.shape[0]
         if r:
-            self.a[slot, :r].copy_(a)
-            self.b_t[slot, :r].copy_(b.t())
+            self.a[slot, :r].copy_(a, non_blocking=non_blocking)
+            self.b_t[slot, :r].copy_(b.t(), non_blocking=non_blocking)
         self.ranks[0, slot] = r
         self.ranks_host[0][slot] = r

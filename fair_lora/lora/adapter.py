@@ -48,12 +48,17 @@ def check_name(name: object) -> str:
 
 
 def check_path(path: str | Path, roots: list[Path]) -> Path:
-    resolved = Path(path).expanduser().resolve()
-    if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+    try:
+        resolved = Path(path).expanduser().resolve()
+        inside = any(resolved.is_relative_to(root.resolve()) for root in roots)
+        is_dir = inside and resolved.is_dir()
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name past the system's limits, an unknown ~user
+        raise AdapterPathError(f"adapter path {str(path)!r} is not a usable path ({e}); name a directory") from e
+    if not inside:
         raise AdapterPathError(
             f"adapter path {path} is outside the configured adapter roots {[str(r) for r in roots]}"
         )
-    if not resolved.is_dir():
+    if not is_dir:
         raise AdapterFormatError(f"adapter path {path} is not a directory")
     return resolved
 
@@ -152,9 +157,12 @@ def load_adapter(
     """shapes: module path -> (H_in, H_out) of every projection an adapter may target."""
     name = check_name(name)
     directory = check_path(path, roots)
-    check_file(directory / CONFIG_FILE, roots)
-    rank, scaling = read_adapter_config(directory, max_rank)
-    parts = read_weights(directory, roots, rank, shapes)
+    try:
+        check_file(directory / CONFIG_FILE, roots)
+        rank, scaling = read_adapter_config(directory, max_rank)
+        parts = read_weights(directory, roots, rank, shapes)
+    except OSError as e:  # no permission, or a file name that takes the directory's path past the system's limit
+        raise AdapterFormatError(f"{directory}: cannot read the adapter's files ({e})") from e
     if not parts:
         raise AdapterFormatError(f"{directory / WEIGHTS_FILE}: holds no LoRA weights")
     weights = {m: _checked_pair(directory, m, p, dtype) for m, p in parts.items()}
