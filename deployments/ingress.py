@@ -104,6 +104,7 @@ app.add_exception_handler(Exception, unexpected_error_handler)  # a bug: answere
 @serve.ingress(app)
 class Ingress:
     def __init__(self, args: AppArgs, workers: DeploymentHandle) -> None:
+        BodyLimit.max_bytes = args.max_request_bytes  # the module-level app's middleware reads it
         self.args = args
         self.workers = workers
         self.base_model = args.base_model_name
