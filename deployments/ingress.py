@@ -263,6 +263,7 @@ class Ingress:
         popularity = await self.link.call("snapshot", wait_s=STATS_ACTOR_WAIT_S)
         return {
             "base_model": self.base_model,
+            "args": self.args.model_dump(mode="json"),
             "popularity_actor": "ok" if popularity is not None else "unavailable",
             "popularity": popularity,
             "workers": await self.fleet.describe(),

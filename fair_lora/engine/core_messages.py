@@ -36,6 +36,7 @@ class Ready:
     adapters: list[str]
     memory_plan: str  # the plan's log line
     warmup_seconds: float
+    device_name: str  # the GPU's name, or "cpu"
 
 
 @dataclass

@@ -92,6 +92,7 @@ class EngineCore:
 
 
 def _ready(engine: LLMEngine) -> Ready:
+    device = torch.device(engine.config.device)
     return Ready(
         model_dir=str(engine.model_dir),
         base_model_name=engine.base_model_name,
@@ -100,6 +101,7 @@ def _ready(engine: LLMEngine) -> Ready:
         adapters=engine.adapters(),
         memory_plan=engine.memory_plan.describe(),
         warmup_seconds=engine.warmup_seconds,
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     )
 
 
