@@ -92,6 +92,7 @@ def make_engine(
         max_num_batched_tokens=max(s.fill_budget, s.prefill_len),
         num_kv_blocks=max(decode_blocks, prefill_blocks),
         block_size=s.block_size,
+        warmup=False,  # the step benchmark warms up its own shapes; adapters are added after construction
     )
     if graphs is not None:
         settings["cuda_graphs"] = graphs

@@ -24,7 +24,8 @@ def build(batch: int, mode: str) -> LLMEngine:
     shutil.copy(Path(__file__).parents[1] / "configs" / "llama-2-7b.json", model_dir / "config.json")
     engine = LLMEngine(EngineConfig(model=str(model_dir), load_format="dummy", device="cuda", dtype="bfloat16",
                                     mode=mode, auto_hot=False, max_adapter_slots=100, max_lora_rank=16,
-                                    max_num_seqs=batch, max_num_batched_tokens=8192, num_kv_blocks=batch * 40))
+                                    max_num_seqs=batch, max_num_batched_tokens=8192, num_kv_blocks=batch * 40,
+                                    warmup=False))
     add_adapters(engine, (16,) * 100)
     return engine
 

@@ -88,10 +88,8 @@ class AsyncLLMEngine:
         """Start the engine process and wait until it is warmed up and ready."""
         engine = cls(on_step)
         core_config = dataclasses.replace(config, detokenize=False)  # text is made here, off the stepping process
-        engine.client = await asyncio.to_thread(
-            EngineCoreClient, core_config, engine._on_report, engine._on_exit, torch_threads
-        )
-        engine.ready = engine.client.ready
+        engine.client = EngineCoreClient(core_config, engine._on_report, engine._on_exit, torch_threads)
+        engine.ready = await asyncio.to_thread(engine.client.wait_ready)
         engine.tokenizer = await asyncio.to_thread(_load_tokenizer, engine.ready.model_dir)
         engine.detokenizer = Detokenizer(engine.tokenizer) if engine.tokenizer is not None else None
         return engine

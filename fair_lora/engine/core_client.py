@@ -33,9 +33,9 @@ class EngineCoreClient:
         on_report: Callable[[StepReport], None],
         on_exit: Callable[[str], None] = lambda reason: None,
         torch_threads: int | None = None,
-        start_timeout_s: float = 1800.0,
     ) -> None:
-        """Blocks until the core has built its engine and warmed it up (or raises EngineDeadError why not)."""
+        """Starts the core; `wait_ready()` must follow. Call it from a thread that outlives the core: on Linux the
+        core is killed when the thread that started it exits (so that a killed worker never leaves it running)."""
         self._on_report, self._on_exit = on_report, on_exit
         self._lock = threading.Lock()  # one writer on the socket at a time; orders calls against _die
         self._pending: dict[int, concurrent.futures.Future] = {}
@@ -48,14 +48,18 @@ class EngineCoreClient:
         )
         child.close()
         self.conn = Connection(parent.detach())
+        self.ready: Ready | None = None
+        self.conn.send((config, torch_threads))
+
+    def wait_ready(self, timeout_s: float = 1800.0) -> Ready:
+        """Block until the core has built its engine and warmed it up (or raise EngineDeadError why not)."""
         try:
-            self.conn.send((config, torch_threads))
-            self.ready = self._wait_ready(start_timeout_s)
+            self.ready = self._wait_ready(timeout_s)
         except BaseException:
             self.close()
             raise
-        self._reader = threading.Thread(target=self._read, name="fair-lora-core-reader", daemon=True)
-        self._reader.start()
+        threading.Thread(target=self._read, name="fair-lora-core-reader", daemon=True).start()
+        return self.ready
 
     @property
     def alive(self) -> bool:

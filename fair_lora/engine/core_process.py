@@ -8,7 +8,9 @@ EngineCore process, SGLang's scheduler process). It exits when its parent goes a
 
 Run as `python -m fair_lora.engine.core_process FD` with FD the child end of the socket pair.
 """
+import ctypes
 import logging
+import signal
 import sys
 import traceback
 from multiprocessing.connection import Connection
@@ -20,6 +22,7 @@ from fair_lora.engine.core_messages import Abort, Batch, Call, Fatal, Ready, Rep
 from fair_lora.engine.llm_engine import LLMEngine
 from fair_lora.errors import FairLoRAError
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 IDLE_POLL_S = 1.0  # an idle core blocks on its socket; this only bounds how long between liveness checks
 STALL_POLL_S = 0.002  # a step that scheduled nothing (every request waits for memory) retries after this
 CALLS = {  # what a client may ask; each runs between two steps
@@ -105,8 +108,16 @@ def _ready(engine: LLMEngine) -> Ready:
     )
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies (the socket's end-of-file only reaches a core
+    between steps; a killed worker's core must give its GPU memory back at once, before its replacement plans)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def main(fd: int) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fair_lora core %(levelname)s %(message)s")
+    _die_with_parent()
     conn = Connection(fd)
     try:
         config, torch_threads = conn.recv()

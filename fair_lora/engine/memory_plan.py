@@ -2,7 +2,7 @@
 
 On CUDA the cache takes what is left of `gpu_memory_utilization` of the device once the weights, the adapter
 slots, the hot merge's pristine copy and the peak of a full-size forward are accounted for (vLLM's way: the
-forward is profiled, not estimated). A plan that leaves no room for one sequence of max_model_len is refused
+forward is profiled, not estimated), but no more than max_num_seqs sequences of max_model_len can fill. A plan that leaves no room for one sequence of max_model_len is refused
 with the knob to turn. On the CPU, or when num_kv_blocks / num_kv_tokens is set, the size is what was asked
 (by default max_num_seqs sequences of max_model_len)."""
 import logging
@@ -92,7 +92,8 @@ def _measured(config: EngineConfig, plan: MemoryPlan, blocks_per_seq: int, profi
     activation = torch.cuda.max_memory_allocated(device) - allocated
     torch.cuda.empty_cache()
     budget = int(total * config.gpu_memory_utilization) - used_before - activation - GRAPH_RESERVE_BYTES
-    num_blocks = max(budget, 0) // plan.block_bytes
+    # No more than the scheduler can ever fill: max_num_seqs sequences of max_model_len.
+    num_blocks = min(max(budget, 0) // plan.block_bytes, config.max_num_seqs * blocks_per_seq)
     measured = MemoryPlan(num_blocks, plan.block_size, plan.block_bytes, plan.max_model_len, total, used_before, activation)
     if num_blocks < blocks_per_seq:
         raise MemoryPlanError(

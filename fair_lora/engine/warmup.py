@@ -39,29 +39,35 @@ def profile_forward(model, max_tokens: int, block_size: int, dtype: torch.dtype,
 
 def warm_up(engine) -> float:
     """On CUDA: load the adapters into their device slots (as many as fit), compile every kernel variant and
-    capture every decode graph; returns the seconds it took. Elsewhere nothing compiles: it returns 0. The
-    engine's popularity window, switch history and statistics are left as they were."""
+    capture every decode graph; returns the seconds it took. Elsewhere nothing compiles: it returns 0."""
     if torch.device(engine.config.device).type != "cuda":
         return 0.0
     start = time.perf_counter()
-    window, switches = engine.window, list(engine.hot_switch.switches)
-    engine.window = engine.hot_switch.window = PopularityWindow(engine.config.popularity)  # warm-up traffic is not traffic
+    run_warm_up(engine)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run_warm_up(engine) -> None:
+    """The warm-up's steps, on any device. The engine's popularity window, switch history, hot adapter and
+    statistics are left as they were; every request it adds is finished."""
+    window, switches, hot = engine.window, list(engine.hot_switch.switches), engine.hot_adapter
+    engine.window = engine.hot_switch.window = PopularityWindow(engine.config.popularity)  # not traffic
     adapters = engine.adapters()
     for name in adapters[: engine.pool.num_slots]:  # resident and unpinned: the LRU keeps them until needed
         engine.pool.acquire(name)
         engine.pool.release(name)
     hot_choices = [None] + (adapters[:1] if engine.hot_switch.merger is not None else [])
-    for hot in hot_choices:
-        engine.set_hot_adapter(hot)
+    for choice in hot_choices:
+        engine.set_hot_adapter(choice)
         _prefills(engine, adapters)
         _decode_buckets(engine, adapters)
-    engine.set_hot_adapter(None)
-    torch.cuda.synchronize()
+    if engine.hot_switch.merger is not None:
+        engine.set_hot_adapter(hot)
     engine.window = engine.hot_switch.window = window
     engine.hot_switch.switches[:] = switches
     engine.hot_switch.policy_choice = None
     engine.num_preemptions = 0
-    return time.perf_counter() - start
 
 
 def _adapter_cycle(adapters: list[str], n: int) -> list[str | None]:
@@ -72,8 +78,9 @@ def _adapter_cycle(adapters: list[str], n: int) -> list[str | None]:
 def _prefills(engine, adapters: list[str]) -> None:
     longest = min(engine.config.max_num_batched_tokens, engine.max_model_len - 1)
     shapes = [(1, longest), (1, 40), (3, 40), (16, 8), (16, min(40, longest // 16))]
+    vocab = engine.model.args.vocab_size
     for num_seqs, length in shapes:
-        prompts = [[(7 * i + j) % 1000 + 1 for j in range(length)] for i in range(num_seqs)]
+        prompts = [[(7 * i + j) % (vocab - 1) + 1 for j in range(length)] for i in range(num_seqs)]
         engine.generate(prompts, _adapter_cycle(adapters, num_seqs), SamplingParams(max_tokens=1, ignore_eos=True))
 
 
@@ -82,8 +89,9 @@ def _decode_buckets(engine, adapters: list[str]) -> None:
     if graphs is None:
         return
     params = SamplingParams(max_tokens=2, ignore_eos=True)
+    vocab = engine.model.args.vocab_size
     for size in graphs.buckets:
-        prompts = [[i % 1000 + 1, 2, 3] for i in range(size)]
+        prompts = [[i % (vocab - 1) + 1, 2, 3] for i in range(size)]
         engine.generate(prompts, [None] * size, params)  # no correction, or the hot subtraction alone
         if adapters:
             engine.generate(prompts, _adapter_cycle(adapters, size), params)
