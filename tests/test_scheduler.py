@@ -58,8 +58,9 @@ def make_seq(request_id: str, adapter: str | None, prompt_len: int = 8, max_toke
 
 def make_scheduler(policy=None, pool=None, num_blocks: int = 64, block_size: int = 4, max_num_seqs: int = 8,
                    max_num_batched_tokens: int = 256) -> Scheduler:
-    return Scheduler(BlockManager(num_blocks, block_size), policy or FCFSPolicy(), pool or FakePool(),
-                     max_num_seqs, max_num_batched_tokens)
+    policy = FCFSPolicy() if policy is None else policy  # not `or`: a policy with an empty queue is falsy
+    return Scheduler(BlockManager(num_blocks, block_size), policy, pool or FakePool(), max_num_seqs,
+                     max_num_batched_tokens)
 
 
 def run_step(scheduler: Scheduler) -> list[Sequence]:
