@@ -134,6 +134,9 @@ def _mock_generate(request: httpx.Request) -> httpx.Response:
     body = json.loads(request.content)
     if body["adapter"] == "busy":
         return httpx.Response(429, headers={"retry-after": "3"}, json={"error": {"message": "queue full"}})
+    if not body["stream"]:
+        return httpx.Response(200, json={"token_ids": [5, 6], "text": "ab", "finish_reason": "length", "worker": 1,
+                                         "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
     if body["adapter"] == "old":  # servers before the delta contract: everything so far on every line
         lines = [{"token_ids": [5], "text": "a", "finished": False},
                  {"token_ids": [5, 5, 6], "text": "aab", "finished": True, "finish_reason": "length",
@@ -162,11 +165,12 @@ def test_client_records_deltas_errors_in_the_stream_and_429s():
     assert old.ok and old.token_ids == [5, 5, 6] and old.text == "aab" and old.chunk_tokens == [1, 2]
 
 
-def test_client_keeps_concurrency_in_flight():
+def test_client_keeps_concurrency_in_flight_and_reads_whole_answers():
     requests = [LoadRequest([1], "x-0", 3) for _ in range(5)]
-    records = asyncio.run(run_load("http://mock", requests, concurrency=2, progress=False,
+    records = asyncio.run(run_load("http://mock", requests, concurrency=2, stream=False, progress=False,
                                    transport=httpx.MockTransport(_mock_generate)))
     assert [r.index for r in records] == list(range(5)) and all(r.ok for r in records)
+    assert all(r.token_ids == [5, 6] and r.first_token_time is None and r.worker == 1 for r in records)
     with pytest.raises(ValueError):
         asyncio.run(run_load("http://mock", requests, progress=False))
 
@@ -228,6 +232,22 @@ def test_demo_copies_point_at_the_demo_adapters_cyclically(tmp_path):
     assert list(assets.adapters)[:7] == [f"adapter-{i}-0" for i in range(6)] + ["adapter-0-1"]
     assert Path(assets.adapters["adapter-0-1"]) == Path(assets.adapters["adapter-0-0"])
     assert assets.model is None and assets.demo_dir == str(tmp_path)
+
+
+def test_real_setting_serves_each_adapter_directory_under_several_names(demo):
+    source = demo.adapters["adapter-2"]  # rank 16 in the test demo (tests/conftest.py)
+    assets = plan_assets("Real", 3, model=str(demo.model_dir), adapter_dirs=[str(source)])
+    assert assets.adapters == {f"adapter-2-{i}": str(source.resolve()) for i in range(3)}
+    assert (assets.model, assets.max_rank) == (str(demo.model_dir), 16)
+    with pytest.raises(ValueError, match="--adapter-dir"):
+        plan_assets("Real", 3, model=str(demo.model_dir))
+
+
+def test_launch_server_runs_as_a_script_from_benchmarks_and_as_a_module(tmp_path):
+    for cwd, command in ((BENCHMARKS, ["launch_server.py"]), (tmp_path, ["-m", "benchmarks.launch_server"])):
+        shown = subprocess.run([sys.executable, *command, "--help"], cwd=cwd, capture_output=True, text=True,
+                               timeout=120)
+        assert shown.returncode == 0 and "--fair_strategy" in shown.stdout, shown.stderr
 
 
 def test_plot_exp_writes_every_plot_next_to_the_results(tmp_path):
