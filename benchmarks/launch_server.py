@@ -33,8 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-adapter", type=int, default=30, help="adapters to serve, named <source>-<i> (30)")
     p.add_argument("--num-token", type=int, default=None,
                    help="KV-cache capacity in tokens, per worker (default: the engine sizes it)")
-    p.add_argument("--fair_strategy", "--fair-strategy", action="store_true", help="mode fair: merge the popular adapter "
-                   "(without it: mode slora, never merge)")
+    p.add_argument("--fair_strategy", "--fair-strategy", action="store_true",
+                   help="mode fair: merge the popular adapter (without it: mode slora, never merge)")
     p.add_argument("--dummy", action="store_true", help="random base weights from the model's config.json")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,

@@ -108,6 +108,7 @@ class Server:
     args: dict | None  # the app's args, when /stats reports them
     mode: str
     num_workers: int
+    device_names: list[str]  # the workers' accelerators, when /stats reports them
 
 
 def probe(url: str, mode_flag: str | None) -> Server:
@@ -122,8 +123,9 @@ def probe(url: str, mode_flag: str | None) -> Server:
         raise SystemExit(f"--mode {mode_flag}, but the server at {url} runs mode {mode}")
     if not (mode or mode_flag):
         raise SystemExit(f"the server at {url} does not report its mode in /stats: pass --mode fair|slora")
+    devices = sorted({w["device_name"] for w in stats["workers"] if w.get("device_name")})
     return Server(url, models[0]["id"], [m["id"] for m in models[1:]], models[0]["max_model_len"], args,
-                  mode or mode_flag, len(stats["workers"]))
+                  mode or mode_flag, len(stats["workers"]), devices)
 
 
 def adapter_sources(setting: str, served: list[str]) -> list[str]:
@@ -277,8 +279,10 @@ def config_record(server: Server, opts: argparse.Namespace, suite: str, config: 
         "model_setting": opts.model_setting, "mode": server.mode, "server": server.url,
         "base_model": server.base_model, "max_model_len": server.max_model_len, "num_workers": server.num_workers,
         "served_adapters": len(server.adapters), "scheduling_policy": args.get("scheduling_policy"),
-        "device": args.get("device"), "dtype": args.get("dtype"), "server_args": server.args,
-        "client_host": socket.gethostname(), "python": platform.python_version(), "started_utc": started, "slo_s": SLO_S,
+        "device": args.get("device"), "device_names": server.device_names, "dtype": args.get("dtype"),
+        "server_args": server.args,
+        "client_host": socket.gethostname(), "python": platform.python_version(), "started_utc": started,
+        "slo_s": SLO_S,
         "git_commit": git_commit(), "versions": {p: _version(p) for p in PACKAGES},
     }
 

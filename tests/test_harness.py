@@ -296,12 +296,13 @@ RESULT_FIELDS = {
     "num_requests", "completed", "failed", "num_429", "error_samples", "output_tokens", "output_tokens_per_s",
     "total_tokens_per_s", "ttft_p50", "ttft_p90", "ttft_p99", "inter_token_latency_p50", "inter_token_latency_p99",
     "per_token_latency_p50", "per_token_latency_p99", "short_outputs", "ttfts", "hot_timeline", "service",
+    "completion_pace",
 }
 CONFIG_FIELDS = {
     "num_adapters", "alpha", "req_rate", "cv", "duration", "input_range", "output_range", "suite", "seed",
     "duration_scale", "num_requests", "model_setting", "mode", "server", "base_model", "max_model_len",
-    "num_workers", "served_adapters", "scheduling_policy", "device", "dtype", "server_args", "client_host", "python",
-    "started_utc", "slo_s", "git_commit", "versions",
+    "num_workers", "served_adapters", "scheduling_policy", "device", "device_names", "dtype", "server_args",
+    "client_host", "python", "started_utc", "slo_s", "git_commit", "versions",
 }
 
 
@@ -320,8 +321,8 @@ def test_launch_server_and_run_exp_debug_complete_every_request_and_leave_no_ray
         assert "mode fair" in ready and "8 adapters" in ready
         results = tmp_path / "results.jsonl"
         run = subprocess.run([sys.executable, "run_exp.py", "--debug", "--model-setting", "Demo", "--duration-scale",
-                              "0.2", "--server", f"http://127.0.0.1:{port}", "--output", str(results), "--mode", "fair"],
-                             cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=120)
+                              "0.2", "--server", f"http://127.0.0.1:{port}", "--output", str(results),
+                              "--mode", "fair"], cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr[-3000:]
     finally:
         if proc.poll() is None:  # Ray's processes, while they are still the server's descendants
