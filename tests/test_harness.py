@@ -71,6 +71,22 @@ def test_adapter_names_follow_slora_get_adapter_dirs():
     assert names == [f"{s}-0" for s in sources] + ["dummy-lora-7b-rank-64-1", "dummy-lora-7b-rank-32-1"]
 
 
+def test_suites_hold_the_papers_configurations_and_scale_their_duration():
+    from benchmarks.run_exp import configs, parse_args
+
+    fair = [c for _, c in configs(parse_args(["--fair", "--duration-scale", "0.1"]))]
+    assert len(fair) == 12 and {(c.num_adapters, c.alpha) for c in fair} == {
+        (n, a) for n in (10, 50, 100) for a in (0.1, 0.2, 0.5, 1)}
+    assert {(c.req_rate, c.cv, c.duration, c.input_range, c.output_range) for c in fair} == {
+        (2, 1, 30.0, (8, 512), (8, 512))}
+    (debug,) = configs(parse_args(["--debug"]))
+    assert debug == ("debug", TraceConfig(8, 0.1, 2, 1, 30, (8, 256), (8, 256)))
+    sweep = configs(parse_args(["--suite", "rate-sweep", "--alphas", "0.1", "1", "--num-adapters", "50",
+                                "--lengths", "8", "128"]))
+    assert [(s, c.num_adapters, c.alpha, c.input_range) for s, c in sweep] == [
+        ("rate-sweep", 50, 0.1, (8, 128)), ("rate-sweep", 50, 1, (8, 128))]
+
+
 # ---- metrics ----------------------------------------------------------------------------------------------
 
 
