@@ -130,7 +130,8 @@ def test_busy_adapter_slots_do_not_block_the_queue():
     running = make_seq("a-0", "a", max_tokens=3, arrival=0)
     scheduler.add(running)
     assert run_step(scheduler) == [running]
-    blocked, behind, base = make_seq("b-0", "b", arrival=1), make_seq("a-1", "a", arrival=2), make_seq("x", None, arrival=3)
+    blocked, behind = make_seq("b-0", "b", arrival=1), make_seq("a-1", "a", arrival=2)
+    base = make_seq("x", None, arrival=3)
     for seq in (blocked, behind, base):
         scheduler.add(seq)
     assert run_step(scheduler) == [behind, base]  # b has no slot (a pins it): skipped, not a barrier

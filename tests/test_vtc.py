@@ -211,3 +211,21 @@ def test_fcfs_admits_in_arrival_order_whoever_sends():
     meter.run()
     first_admissions = list(dict.fromkeys(meter.admitted))  # a preempted sequence is admitted again later
     assert first_admissions == sorted(seqs, key=lambda s: s.times.arrival)
+
+
+def test_vtc_bench_tiny_run_writes_results(tmp_path, demo_root):
+    import json
+
+    from benchmarks.vtc_bench import WORKLOADS, main
+
+    files = main(["--tiny", "--out", str(tmp_path), "--demo-dir", str(demo_root)])
+    assert set(files) == {"json", "md", "png"}
+    for path in files.values():
+        assert path.name.startswith("vtc_bench_") and path.stem.endswith("_cpu-tiny") and path.stat().st_size > 0
+    results = json.loads(files["json"].read_text())
+    assert set(results["workloads"]) == {w.name for w in WORKLOADS}
+    for name, runs in results["workloads"].items():
+        assert runs["vtc"]["max_diff"] <= runs["fcfs"]["max_diff"], name
+        assert runs["vtc"]["throughput_tok_s"] > 0 and runs["vtc"]["series"]
+    assert [t["workload"] for t in results["targets"]] == ["overload", "on_off_overload"]
+    assert "| target |" in files["md"].read_text()
