@@ -28,7 +28,7 @@ SERVE_SHUTDOWN_TIMEOUT_S = 30.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-setting", default="S1", choices=SETTINGS)
     p.add_argument("--num-adapter", type=int, default=30, help="adapters to serve, named <source>-<i> (30)")
     p.add_argument("--num-token", type=int, default=None,
@@ -70,6 +70,7 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
         raise SystemExit(f"--model-setting {opts.model_setting} has no weights: pass --dummy (random weights "
                          "of its shapes) or --model DIR")
     cuda = opts.device == "cuda"
+    in_flight = 1024 + opts.num_replicas * opts.max_waiting
     args = {
         "model": assets.model,
         "load_format": "dummy" if opts.dummy else "safetensors",
@@ -82,7 +83,10 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
         "scheduling_policy": opts.scheduler,
         "fair_weights": fair_weights(opts.fair_weights or [], list(assets.adapters)),
         "workers": {"num_replicas": opts.num_replicas, "num_cpus": 0.1, "num_gpus": 1 if cuda else 0},
-        "ingress": {"num_replicas": 1, "num_cpus": 0.1},
+        # The ingress holds every request the workers may queue (plus the default 1024): past its limit the proxy
+        # answers 503, where S-LoRA's server would queue.
+        "ingress": {"num_replicas": 1, "num_cpus": 0.1, "max_ongoing_requests": in_flight,
+                    "max_queued_requests": in_flight},
     }
     optional = {
         "num_kv_tokens": opts.num_token, "max_num_seqs": opts.max_num_seqs,

@@ -60,7 +60,7 @@ PACKAGES = ("fair_lora", "ray", "torch", "triton", "transformers", "peft", "nump
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--debug", action="store_true", help="one short configuration (8 adapters, 30 s)")
     which.add_argument("--fair", action="store_true", help="the Fair-SLoRA suite")

@@ -210,6 +210,7 @@ def test_s1_dummy_on_cuda_builds_the_app_args_without_writing_anything(tmp_path)
     assert (app.load_format, app.device, app.dtype, app.mode, app.num_kv_tokens) == (
         "dummy", "cuda", "bfloat16", "slora", 10000)
     assert (app.workers.num_replicas, app.workers.num_gpus, app.max_lora_rank) == (1, 1, 8)
+    assert app.ingress_max_ongoing == 1024 + app.max_waiting == 1024 + 4096  # queues as S-LoRA does: no 503s
     assert not any(tmp_path.iterdir())  # planning writes nothing; assets.write() does
     fair = build_app_args(parse_args(["--model-setting", "S2", "--dummy", "--fair_strategy", "--num-adapter", "5",
                                       "--device", "cpu", "--scheduler", "vtc", "--fair-weights", "2", "1"]),
