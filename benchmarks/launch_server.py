@@ -141,6 +141,7 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     ours = RayProcesses()
+    ours.start()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": opts.port})
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
@@ -151,8 +152,7 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
               f"{num_adapters} adapters" + (f" (+{extra} of the model)" if extra else "") +
               f", scheduler {opts.scheduler}, device {opts.device}; Ray logs in {session}/logs", flush=True)
         while True:
-            ours.snapshot()
-            time.sleep(5)
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
@@ -165,22 +165,38 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
 
 
 class RayProcesses:
-    """The processes this launcher started (Ray's own and its workers), remembered while it serves.
+    """The processes this launcher started (Ray's own and its workers), remembered from ray.init on.
 
     Ray's actors run in their own sessions, children of the raylet: when a SIGTERM sent to our whole process
     group (e.g. by `timeout`) kills the raylet first, they are orphaned and outlive ray.shutdown(). Those that
     are still alive after it are the ones remembered here, and only those are killed."""
 
+    INTERVAL_S = 2.0
+
     def __init__(self) -> None:
         self.me = psutil.Process()
         self.known: dict[int, psutil.Process] = {}
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                self.snapshot()
+            except psutil.Error:  # a process that ended while we looked: the next look is complete
+                pass
+            time.sleep(self.INTERVAL_S)
 
     def snapshot(self) -> None:
-        for child in self.me.children(recursive=True):
-            self.known.setdefault(child.pid, child)
+        with self.lock:
+            for child in self.me.children(recursive=True):
+                self.known.setdefault(child.pid, child)
 
     def reap(self, grace_s: float = 10.0) -> None:
-        alive = [p for p in self.known.values() if p.is_running()]  # is_running also checks the start time
+        with self.lock:
+            alive = [p for p in self.known.values() if p.is_running()]  # is_running also checks the start time
         _, alive = psutil.wait_procs(alive, timeout=grace_s)
         for process in alive:
             print(f"fair_lora server: killing leftover Ray process {process.pid}", file=sys.stderr, flush=True)

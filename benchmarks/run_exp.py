@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.http_load import LoadRequest, RequestRecord, run_load, summarize
+from benchmarks.http_load import LoadRequest, RequestRecord, percentile, run_load, summarize
 from benchmarks.synthetic_assets import REPO, SETTINGS, SYNTHETIC, adapter_names
 from benchmarks.trace import SEED, TraceConfig, TraceRequest, generate_requests, prompt_token_ids
 
@@ -233,7 +233,7 @@ def completion_pace(trace: list[TraceRequest], records: list[RequestRecord]) -> 
 
 def per_token_percentiles(trace: list[TraceRequest], records: list[RequestRecord]) -> dict:
     per_token = [r.latency / (t.prompt_len + t.output_len) for t, r in zip(trace, records) if r.ok]
-    return {f"per_token_latency_p{q}": float(np.percentile(per_token, q)) if per_token else None for q in (50, 99)}
+    return {f"per_token_latency_p{q}": percentile(per_token, q) for q in (50, 99)}
 
 
 def service_over_time(records: list[RequestRecord], base_model: str, bin_s: float) -> dict:

@@ -83,6 +83,9 @@ def plan_assets(
         if not model or not adapter_dirs:
             raise ValueError("--model-setting Real needs --model DIR and --adapter-dir DIR [DIR ...]")
         sources = {Path(d).resolve().name: str(Path(d).resolve()) for d in adapter_dirs}
+        if len(sources) < len(adapter_dirs):
+            raise ValueError(f"--adapter-dir {' '.join(adapter_dirs)}: two directories share a name, and the served "
+                             "names <directory name>-<i> would collide")
         return _copies(model, sources, num_adapters, None)
     if setting == "Demo":
         from fair_lora.demo import default_demo_root, make_demo  # torch, transformers, peft: only when needed
