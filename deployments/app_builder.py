@@ -33,6 +33,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         request_routing_stats_period_s=routing.stats_period_s,
         request_routing_stats_timeout_s=max(routing.stats_period_s, 1.0),
     )
+    logging = {"enable_access_log": app_args.access_log}  # Serve's own line per request: off unless asked
     workers = serve.deployment(LoRAWorker).options(
         num_replicas=app_args.workers.num_replicas,
         ray_actor_options={"num_cpus": app_args.workers.num_cpus, "num_gpus": app_args.workers.num_gpus},
@@ -42,11 +43,13 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         health_check_period_s=2.0,
         health_check_timeout_s=30.0,
         graceful_shutdown_timeout_s=5.0,
+        logging_config=logging,
     )
     ingress = serve.deployment(Ingress).options(
         num_replicas=app_args.ingress.num_replicas,
         ray_actor_options={"num_cpus": app_args.ingress.num_cpus, "num_gpus": app_args.ingress.num_gpus},
         max_ongoing_requests=app_args.ingress_max_ongoing,
         max_queued_requests=app_args.ingress_max_queued,  # bounds the proxy's queue in front of the ingress
+        logging_config=logging,
     )
     return ingress.bind(app_args, workers.bind(app_args))

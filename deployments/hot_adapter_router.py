@@ -23,7 +23,8 @@ class HotAdapterRouter(RequestRouter):
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
-        replicas = list(candidate_replicas)
+        # A worker whose engine died says so in its stats; Serve replaces it after failed health checks.
+        replicas = [r for r in candidate_replicas if r.routing_stats.get("alive", True)] or list(candidate_replicas)
         random.shuffle(replicas)  # ties between equally loaded replicas must not always go to the same one
         adapter = _adapter_of(pending_request)
         hot = [r for r in replicas if adapter is not None and r.routing_stats.get("hot_adapter") == adapter]

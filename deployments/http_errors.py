@@ -6,7 +6,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.exceptions import RayActorError, RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
-from deployments.engine_loop import EngineLoopDead
+from fair_lora.engine.core_client import EngineDeadError
 from fair_lora.errors import (
     AdapterError,
     AdapterInUseError,
@@ -70,7 +70,7 @@ def to_http_error(error: BaseException) -> HTTPError:
         return HTTPError(status, str(error))
     if isinstance(error, BackPressureError):
         return HTTPError(429, "every worker's queue is full; retry later")
-    if isinstance(error, (RayActorError, EngineLoopDead, DeploymentUnavailableError)):
+    if isinstance(error, (RayActorError, EngineDeadError, DeploymentUnavailableError)):
         return HTTPError(503, f"the worker serving this request failed ({type(error).__name__}); retry")
     if isinstance(error, RayTaskError):
         return HTTPError(503, f"the worker serving this request failed: {error.cause!r}; retry")

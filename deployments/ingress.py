@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,10 +35,9 @@ from deployments.openai_protocol import (
 )
 from deployments.openai_responses import OpenAIFormat, Result, sse
 from deployments.popularity_link import PopularityFeed, PopularityLink
-from deployments.text_stream import TextStream
 from deployments.worker_call import WorkerCall
 from deployments.worker_fleet import WorkerFleet
-from deployments.worker_protocol import GenerateRequest
+from deployments.worker_protocol import Completion, Delta, GenerateRequest
 
 ADMIN_TIMEOUT_S = 60.0  # adapter loads read weights from disk on every worker
 STATS_ACTOR_WAIT_S = 2.0  # /stats answers without the popularity part rather than wait for a restarting actor
@@ -58,6 +57,24 @@ def _generate_body(request: GenerateRequest, result: Result) -> dict:
     if request.sampling.get("logprobs"):
         body["logprobs"] = result.logprobs
     return body
+
+
+def _generate_delta(request: GenerateRequest, result: Result, delta: Delta) -> dict:
+    line = {
+        "id": request.request_id,
+        "adapter": request.adapter,
+        "text": delta.text,
+        "token_ids": delta.token_ids,
+        "finished": delta.finished,
+        "finish_reason": delta.finish_reason,
+        "worker": result.admitted.worker,
+        "hot_adapter": result.admitted.hot_adapter,
+    }
+    if request.sampling.get("logprobs"):
+        line["logprobs"] = delta.logprobs
+    if delta.finished:
+        line["usage"] = result.usage()
+    return line
 
 
 class CallStream(StreamingResponse):
@@ -87,6 +104,7 @@ app.add_exception_handler(Exception, unexpected_error_handler)  # a bug: answere
 @serve.ingress(app)
 class Ingress:
     def __init__(self, args: AppArgs, workers: DeploymentHandle) -> None:
+        BodyLimit.max_bytes = args.max_request_bytes  # the module-level app's middleware reads it
         self.args = args
         self.workers = workers
         self.base_model = args.base_model_name
@@ -102,53 +120,68 @@ class Ingress:
     def _adapter(self, model: str | None) -> str | None:
         return None if model in (None, self.base_model) else model
 
+    def _request(self, prefix: str, request: Request, adapter: str | None, body) -> GenerateRequest:
+        generate = body.to_generate(f"{prefix}-{uuid.uuid4().hex}", adapter)
+        generate.client = request.headers.get("x-client-id") or getattr(body, "user", None)
+        generate.arrival = time.time()
+        return generate
+
     async def _start(self, request: GenerateRequest, path: str) -> WorkerCall:
         try:
             call = await WorkerCall.start(self.workers, request)
         except Exception as error:  # noqa: BLE001 - mapped here: Serve's own handlers would answer some as 503 text
-            http_error = to_http_error(error)
-            self._count(path, http_error.status)
-            raise http_error from None
+            raise self._failed(path, error) from None
         self.feed.count(request.adapter)  # admitted requests only: a typo'd adapter name must never turn hot
         return call
 
-    async def _collect(self, call: WorkerCall, path: str) -> Result:
+    async def _complete(self, request: GenerateRequest, path: str) -> Result:
+        """A non-streamed request: one call, one message back from the worker."""
+        response = self.workers.generate_once.remote(request)
         try:
-            result = await call.collect()
+            reply = await response
+        except asyncio.CancelledError:  # the client went away: the worker aborts the request
+            response.cancel()
+            raise
         except Exception as error:  # noqa: BLE001 - e.g. the worker died mid-request: 503, not Serve's plain text
-            http_error = to_http_error(error)
-            self._count(path, http_error.status)
-            raise http_error from None
-        finally:
-            call.close()
+            raise self._failed(path, error) from None
+        if not isinstance(reply, Completion):
+            raise self._failed(path, WorkerCall.refusal(reply))
+        self.feed.count(request.adapter)
+        if reply.finish_reason == "error":
+            raise self._failed(path, HTTPError(500, f"the engine failed on this request: {reply.error}"))
         self._count(path, 200)
-        return result
+        return Result.of(reply)
+
+    def _failed(self, path: str, error: BaseException) -> HTTPError:
+        http_error = to_http_error(error)
+        self._count(path, http_error.status)
+        return http_error
 
     def _count(self, path: str, status: int) -> None:
         self.responses.inc(1, {"path": path, "status": str(status)})
 
     @app.post("/v1/completions")
-    async def completions(self, body: CompletionRequest):
-        request_id = f"cmpl-{uuid.uuid4().hex}"
-        return await self._openai(body, body.to_generate(request_id, self._adapter(body.model)), chat=False)
+    async def completions(self, body: CompletionRequest, request: Request):
+        generate = self._request("cmpl", request, self._adapter(body.model), body)
+        return await self._openai(body, generate, chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest):
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        return await self._openai(body, body.to_generate(request_id, self._adapter(body.model)), chat=True)
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
+        generate = self._request("chatcmpl", request, self._adapter(body.model), body)
+        return await self._openai(body, generate, chat=True)
 
     async def _openai(self, body: CompletionRequest | ChatCompletionRequest, request: GenerateRequest, chat: bool):
         form = OpenAIFormat(request.request_id, body.model, chat)
-        call = await self._start(request, form.path)
         want_logprobs = bool(request.sampling["logprobs"])
-        if body.stream:
-            stream = self._sse(call, form, TextStream(request.sampling["stop"]), want_logprobs, body.include_usage)
-            return CallStream(call, stream, media_type="text/event-stream", headers=call.headers)
-        result = await self._collect(call, form.path)
-        return JSONResponse(form.response(result, want_logprobs), headers=call.headers)
+        if not body.stream:
+            result = await self._complete(request, form.path)
+            return JSONResponse(form.response(result, want_logprobs), headers=result.headers)
+        call = await self._start(request, form.path)
+        stream = self._sse(call, form, want_logprobs, body.include_usage)
+        return CallStream(call, stream, media_type="text/event-stream", headers=call.admitted.headers)
 
     async def _sse(
-        self, call: WorkerCall, form: OpenAIFormat, text: TextStream, want_logprobs: bool, include_usage: bool
+        self, call: WorkerCall, form: OpenAIFormat, want_logprobs: bool, include_usage: bool
     ) -> AsyncIterator[str]:
         result = Result(call.admitted)
         try:
@@ -156,41 +189,38 @@ class Ingress:
                 yield sse(form.chunk("", None, None, first=True))
             async for delta in call.deltas():
                 result.add(delta)
-                piece = text.push(delta.text, delta.finished)
                 logprobs = form.logprobs(delta.tokens or [], delta.logprobs or [], want_logprobs)
-                if piece or delta.finished or logprobs:
-                    yield sse(form.chunk(piece, delta.finish_reason, logprobs))
+                if delta.text or delta.finished or logprobs:
+                    yield sse(form.chunk(delta.text, delta.finish_reason, logprobs))
             if include_usage:
                 yield sse(form.usage_chunk(result))
             yield sse("[DONE]")
             self._count(form.path, 200)
         except Exception as error:  # headers are out: the error goes in the stream, as OpenAI's servers do
-            http_error = to_http_error(error)
-            self._count(form.path, http_error.status)
-            yield sse(http_error.body())
+            yield sse(self._failed(form.path, error).body())
         finally:
             call.close()
 
     @app.post("/generate")
-    async def generate(self, body: GenerateBody):
-        request = body.to_generate(f"gen-{uuid.uuid4().hex}", body.adapter or self._adapter(body.model))
-        call = await self._start(request, "/generate")
-        if body.stream:
-            return CallStream(call, self._ndjson(call, request), media_type="application/x-ndjson", headers=call.headers)
-        result = await self._collect(call, "/generate")
-        return JSONResponse(_generate_body(request, result), headers=call.headers)
+    async def generate(self, body: GenerateBody, request: Request):
+        generate = self._request("gen", request, body.adapter or self._adapter(body.model), body)
+        if not body.stream:
+            result = await self._complete(generate, "/generate")
+            return JSONResponse(_generate_body(generate, result), headers=result.headers)
+        call = await self._start(generate, "/generate")
+        return CallStream(call, self._ndjson(call, generate), media_type="application/x-ndjson", headers=call.admitted.headers)
 
     async def _ndjson(self, call: WorkerCall, request: GenerateRequest) -> AsyncIterator[str]:
+        """One line per delta: its new text and token ids; the last line also has the usage."""
         result = Result(call.admitted)
         try:
             async for delta in call.deltas():
                 result.add(delta)
-                yield json.dumps({**_generate_body(request, result), "finished": delta.finished}) + "\n"
+                line = _generate_delta(request, result, delta)
+                yield json.dumps(line) + "\n"
             self._count("/generate", 200)
-        except Exception as error:
-            http_error = to_http_error(error)
-            self._count("/generate", http_error.status)
-            yield json.dumps(http_error.body()) + "\n"
+        except Exception as error:  # noqa: BLE001 - headers are out: the error is the stream's last line
+            yield json.dumps(self._failed("/generate", error).body()) + "\n"
         finally:
             call.close()
 
@@ -233,6 +263,7 @@ class Ingress:
         popularity = await self.link.call("snapshot", wait_s=STATS_ACTOR_WAIT_S)
         return {
             "base_model": self.base_model,
+            "args": self.args.model_dump(mode="json"),
             "popularity_actor": "ok" if popularity is not None else "unavailable",
             "popularity": popularity,
             "workers": await self.fleet.describe(),

@@ -3,7 +3,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from deployments.worker_protocol import Admitted, Delta
+from deployments.worker_protocol import Admitted, Completion, Delta
 
 
 def sse(payload: dict | str) -> str:
@@ -21,12 +21,23 @@ class Result:
     tokens: list[str] = field(default_factory=list)
     finish_reason: str | None = None
 
+    @classmethod
+    def of(cls, completion: Completion) -> "Result":
+        return cls(
+            completion.admitted, completion.text, list(completion.token_ids), list(completion.logprobs or []),
+            list(completion.tokens or []), completion.finish_reason,
+        )
+
     def add(self, delta: Delta) -> None:
-        self.text = delta.text
+        self.text += delta.text
         self.token_ids += delta.token_ids
         self.logprobs += delta.logprobs or []
         self.tokens += delta.tokens or []
         self.finish_reason = delta.finish_reason
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.admitted.headers
 
     def usage(self) -> dict:
         prompt, completion = self.admitted.prompt_tokens, len(self.token_ids)

@@ -6,9 +6,13 @@ from fair_lora import RequestError
 
 
 def render_prompt(tokenizer, request: GenerateRequest) -> list[int]:
+    """Runs in the worker's process, off the engine's: tokenizing a long prompt never delays a step."""
+    if request.messages is None and not isinstance(request.prompt, str):
+        return list(request.prompt)
+    if tokenizer is None:
+        raise RequestError("this model has no tokenizer: send the prompt as token ids to /v1/completions")
     if request.messages is None:
-        # The engine's own encoding of text prompts (special tokens included), done here to count them.
-        return tokenizer.encode(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
+        return tokenizer.encode(request.prompt)  # the engine's own encoding of text prompts (special tokens too)
     if tokenizer.chat_template is None:
         raise RequestError("this model has no chat template: use /v1/completions with a plain prompt")
     try:

@@ -1,12 +1,11 @@
-"""One request's trip from the ingress to a worker: admission first (so refusals still get their status
+"""One streamed request's trip from the ingress to a worker: admission first (so refusals still get their status
 code before any byte is sent), then its deltas; closing it early cancels the worker's stream (abort)."""
 from collections.abc import AsyncIterator
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.http_errors import HTTPError
-from deployments.openai_responses import Result
-from deployments.worker_protocol import Admitted, Delta, GenerateRequest, Rejected
+from deployments.worker_protocol import Admitted, Delta, Failed, GenerateRequest, Rejected
 
 
 class WorkerCall:
@@ -17,7 +16,7 @@ class WorkerCall:
 
     @classmethod
     async def start(cls, workers: DeploymentHandle, request: GenerateRequest) -> "WorkerCall":
-        stream = workers.options(stream=True).generate.remote(request)
+        stream = workers.options(stream=True).generate_stream.remote(request)
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:
@@ -25,30 +24,29 @@ class WorkerCall:
         except BaseException:
             stream.cancel()
             raise
-        if isinstance(first, Rejected):
-            raise first.error
+        if not isinstance(first, Admitted):
+            raise cls.refusal(first)
         return cls(stream, first)
+
+    @staticmethod
+    def refusal(reply: Rejected | Failed) -> Exception:
+        if isinstance(reply, Rejected):
+            return reply.error
+        return HTTPError(503, f"{reply.message}; retry")
 
     async def deltas(self) -> AsyncIterator[Delta]:
         async for delta in self._stream:
+            if isinstance(delta, Failed):
+                raise self.refusal(delta)
             self.finished = delta.finished
+            if delta.finish_reason == "error":
+                raise HTTPError(500, f"the engine failed on this request: {delta.error}")
             yield delta
             if delta.finished:
                 return
         if not self.finished:
             raise HTTPError(503, "the worker ended the stream before the request finished; retry")
 
-    async def collect(self) -> Result:
-        result = Result(self.admitted)
-        async for delta in self.deltas():
-            result.add(delta)
-        return result
-
     def close(self) -> None:
         if not self.finished:
             self._stream.cancel()
-
-    @property
-    def headers(self) -> dict[str, str]:
-        hot = self.admitted.hot_adapter
-        return {"x-fair-lora-worker": str(self.admitted.worker), "x-fair-lora-hot-adapter": hot or ""}

@@ -39,12 +39,16 @@ class WorkerFleet:
     async def unload(self, name: str) -> int:
         """Unload everywhere; a worker that no longer has it counts as done. Returns how many had it.
 
-        Refused with nothing changed (409) while any worker has unfinished requests for it."""
-        busy = [r for r in await self._broadcast("check_unload", name) if r is not None]
+        Two phases: every worker first stops admitting requests for it and checks that none is unfinished;
+        if any is busy, every worker takes requests for it again and nothing has changed (409). A request that
+        arrives in between is refused (404), never cut off by the unload."""
+        began = await self._broadcast("begin_unload", name)
+        busy = [r for r in began if isinstance(r, BaseException) or (r is not None and not isinstance(r, UnknownAdapterError))]
         if busy:
+            await self._broadcast("cancel_unload", name)
             raise to_http_error(busy[0])
         await self.link.call("unregister_adapter", name)
-        results = await self._broadcast("unload_adapter", name)
+        results = await self._broadcast("finish_unload", name)
         missing = [r for r in results if isinstance(r, UnknownAdapterError)]
         failed = [r for r in results if r is not None and not isinstance(r, UnknownAdapterError)]
         if failed:

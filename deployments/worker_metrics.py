@@ -1,10 +1,7 @@
 """A worker's Ray metrics (exported as ray_fair_lora_*; Serve adds deployment, replica and application tags)."""
-from collections import Counter as Tally
-
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from fair_lora import RequestOutput
-from fair_lora.engine.step_stats import StepStats
+from fair_lora.engine.core_messages import StepReport
 from fair_lora.popularity import BASE_KEY
 
 LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
@@ -41,10 +38,11 @@ class WorkerMetrics:
             tags["adapter"] = adapter_tag(adapter)
         return tags
 
-    def step(self, stats: StepStats, waiting: int, running: int) -> None:
-        tags = self._tags()
-        self.waiting.set(waiting, tags)
-        self.running.set(running, tags)
+    def step(self, report: StepReport) -> None:
+        """Once per engine step, on the worker's event loop (the engine steps in its own process)."""
+        tags, stats = self._tags(), report.stats
+        self.waiting.set(report.waiting, tags)
+        self.running.set(report.running, tags)
         if not stats.num_seqs:
             return
         self.batch_size.observe(stats.num_seqs, tags)
@@ -53,23 +51,17 @@ class WorkerMetrics:
             self.corrected_tokens.inc(stats.num_corrected_tokens, tags)
         self.correction_share.set(stats.num_corrected_tokens / max(stats.num_tokens, 1), tags)
 
-    def outputs(self, outputs: list[RequestOutput]) -> None:
-        """One step's outputs; tokens are summed per adapter first (a metric call per output is too slow)."""
-        tokens: Tally[str | None] = Tally()
-        for output in outputs:
-            tokens[output.adapter] += len(output.new_token_ids)
-            tags = self._tags(output.adapter, with_adapter=True)
-            times = output.times
-            if times.first_token is not None and len(output.token_ids) == len(output.new_token_ids):
-                self.ttft.observe(times.first_token - times.arrival, tags)
-            if output.finished:
-                self.requests.inc(1, tags)
-                self.prompt_tokens.inc(len(output.prompt_token_ids), tags)
-                if times.finish is not None:
-                    self.latency.observe(times.finish - times.arrival, tags)
-        for adapter, count in tokens.items():
-            if count:
-                self.generation_tokens.inc(count, self._tags(adapter, with_adapter=True))
+    def first_token(self, adapter: str | None, seconds: float) -> None:
+        """Time to first token, from the ingress's arrival (queueing in Serve included)."""
+        self.ttft.observe(seconds, self._tags(adapter, with_adapter=True))
+
+    def finished(self, adapter: str | None, prompt_tokens: int, generated: int, seconds: float) -> None:
+        tags = self._tags(adapter, with_adapter=True)
+        self.requests.inc(1, tags)
+        self.prompt_tokens.inc(prompt_tokens, tags)
+        if generated:
+            self.generation_tokens.inc(generated, tags)
+        self.latency.observe(seconds, tags)
 
     def set_hot(self, adapter: str | None) -> None:
         self.hot.set(1, self._tags(adapter, with_adapter=True))

@@ -12,6 +12,8 @@ class GenerateRequest:
     messages: list[dict[str, str]] | None = None  # chat: rendered with the model's chat template on the worker
     max_tokens: int | None = None  # None: whatever the context leaves after the prompt
     sampling: dict = field(default_factory=dict)  # the other SamplingParams fields, validated by the engine
+    client: str | None = None  # whom fair scheduling counts the request against (X-Client-Id / user); None: adapter
+    arrival: float = 0.0  # time.time() when the ingress received it: latency metrics start there
 
 
 @dataclass
@@ -22,6 +24,10 @@ class Admitted:
     hot_adapter: str | None  # the adapter that worker had merged when it took the request
     prompt_tokens: int
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"x-fair-lora-worker": str(self.worker), "x-fair-lora-hot-adapter": self.hot_adapter or ""}
+
 
 @dataclass
 class Rejected:
@@ -31,13 +37,36 @@ class Rejected:
 
 
 @dataclass
+class Failed:
+    """The worker could not serve the request (its engine process stopped): the caller should retry (503)."""
+
+    message: str
+
+
+@dataclass
 class Delta:
-    token_ids: list[int]  # new since the previous Delta
-    text: str  # all text so far (a stop string cut it where it matched)
+    """What a streamed request gained since its previous Delta (several engine steps when the stream lags)."""
+
+    token_ids: list[int]
+    text: str  # never taken back; the concatenation of every Delta's text is the request's text
     logprobs: list[float] | None  # of the new tokens, when asked
     tokens: list[str] | None  # the new tokens decoded one by one, when logprobs were asked
     finished: bool
+    finish_reason: str | None  # "stop", "length", "error" (the engine failed on this request: `error` says how)
+    error: str | None = None
+
+
+@dataclass
+class Completion:
+    """A whole non-streamed request: the worker's one and only message for it."""
+
+    admitted: Admitted
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] | None
+    tokens: list[str] | None
     finish_reason: str | None
+    error: str | None = None
 
 
 @dataclass

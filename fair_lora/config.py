@@ -34,6 +34,7 @@ class EngineConfig:
     scheduling_policy: str = "fcfs"  # "fcfs" or "vtc" (fair share of tokens across clients)
     fair_weights: dict[str, float] = field(default_factory=dict)  # vtc: client (adapter) -> weight, default 1
     cuda_graphs: bool = True  # on CUDA, replay decode steps from captured graphs (batch sizes up to 256)
+    warmup: bool = True  # on CUDA, compile kernels, capture graphs and load adapter slots before serving
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     auto_hot: bool = True  # fair mode: the engine's own window picks the hot adapter; False: set_hot_adapter only
     detokenize: bool = True  # False: outputs carry token ids only, no text, no stop strings (a front-end does them)

@@ -1,6 +1,8 @@
 """LLMEngine: the offline and serving entry point. step() = schedule → run → postprocess; between steps the
 hot adapter may be switched (merged), never inside one."""
+import functools
 import itertools
+import logging
 import time
 from collections.abc import Sequence as Seq
 from pathlib import Path
@@ -12,12 +14,14 @@ from fair_lora.config import EngineConfig
 from fair_lora.engine.block_manager import BlockManager
 from fair_lora.engine.decode_graphs import MAX_BATCH, DecodeGraphs
 from fair_lora.engine.hot_switch import HotSwitch
+from fair_lora.engine.memory_plan import plan_memory
 from fair_lora.engine.model_runner import ModelRunner
 from fair_lora.engine.output_processor import OutputProcessor
 from fair_lora.engine.policy import make_policy
 from fair_lora.engine.scheduler import ScheduledSeq, Scheduler
 from fair_lora.engine.sequence import Sequence
 from fair_lora.engine.step_stats import StepStats
+from fair_lora.engine.warmup import profile_forward, warm_up
 from fair_lora.errors import (
     AdapterFormatError,
     AdapterInUseError,
@@ -30,12 +34,13 @@ from fair_lora.layers.sampler import sample
 from fair_lora.lora.adapter import LoRAAdapter, check_name, load_adapter
 from fair_lora.lora.adapter_pool import AdapterPool
 from fair_lora.lora.hot_merge import HotMerger
-from fair_lora.models.loader import load_model
+from fair_lora.models.loader import check_kernel_shapes, load_model
 from fair_lora.outputs import RequestOutput, RequestTimes
 from fair_lora.popularity import HotAdapterPolicy, PopularityWindow
 from fair_lora.sampling_params import SamplingParams
 
 
+logger = logging.getLogger("fair_lora")
 FATAL_FAILURES = 8  # this many requests in a row failing alone means the engine is broken: step() raises
 
 
@@ -61,9 +66,9 @@ class LLMEngine:
         )
         parents = sorted({Path(p).resolve().parent for p in adapters.values()})
         self.adapter_roots = [Path(r) for r in config.adapter_roots] or parents
+        merger = HotMerger(linears) if config.mode == "fair" else None  # its pristine copy counts before the KV cache
         self.blocks, self.scheduler, self.runner = self._build_batching(config)
         self.window = PopularityWindow(config.popularity)
-        merger = HotMerger(linears) if config.mode == "fair" else None
         self.hot_switch = HotSwitch(self.pool, merger, HotAdapterPolicy(config.popularity), self.window)
         self.sequences: dict[str, Sequence] = {}
         text_tokenizer = self.tokenizer if config.detokenize else None
@@ -74,6 +79,14 @@ class LLMEngine:
         self._consecutive_failures = 0
         for name, path in adapters.items():
             self.load_adapter(name, path)
+        self.warmup_seconds = warm_up(self) if config.warmup else 0.0
+        if self.warmup_seconds:
+            logger.info("warm-up (kernels compiled, decode graphs captured, adapters loaded): %.1f s", self.warmup_seconds)
+
+    def warm_up(self) -> float:
+        """Compile, capture and load now (the constructor does it unless warmup=False); returns the seconds."""
+        self.warmup_seconds = warm_up(self)
+        return self.warmup_seconds
 
     def _load_tokenizer(self):
         has_tokenizer = any((self.model_dir / f).exists() for f in ("tokenizer.json", "tokenizer.model"))
@@ -82,7 +95,14 @@ class LLMEngine:
         return AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
 
     def _build_batching(self, config: EngineConfig) -> tuple[BlockManager, Scheduler, ModelRunner]:
-        num_blocks = config.num_kv_blocks or config.max_num_seqs * -(-self.max_model_len // config.block_size)
+        check_kernel_shapes(self.model.args, config.device)
+        profile = functools.partial(
+            profile_forward, self.model, min(config.max_num_batched_tokens, self.max_model_len), config.block_size,
+            config.torch_dtype, config.device, config.max_adapter_slots,
+        )
+        self.memory_plan = plan_memory(config, self.model.args, self.max_model_len, profile)
+        logger.info(self.memory_plan.describe())
+        num_blocks = self.memory_plan.num_blocks
         blocks = BlockManager(num_blocks, config.block_size)
         policy = make_policy(config.scheduling_policy, config.fair_weights)
         scheduler = Scheduler(blocks, policy, self.pool, config.max_num_seqs, config.max_num_batched_tokens)
@@ -237,7 +257,7 @@ class LLMEngine:
         corrected = sum(s.num_new for s in out.scheduled if s.seq.adapter != self.hot_adapter)
         self.last_step = StepStats(
             len(out.scheduled), out.num_tokens, corrected, len(out.preempted), self.hot_adapter,
-            time.perf_counter() - start,
+            time.perf_counter() - start, len({s.seq.adapter for s in out.scheduled}),
         )
         return outputs
 

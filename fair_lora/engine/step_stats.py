@@ -10,3 +10,4 @@ class StepStats:
     num_preempted: int = 0
     hot_adapter: str | None = None
     seconds: float = 0.0
+    num_adapters: int = 0  # distinct adapters of the step's sequences (the base model counts as one)

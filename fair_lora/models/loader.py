@@ -75,6 +75,16 @@ def rotary_from_config(config: PretrainedConfig, max_positions: int) -> RotaryEm
     return RotaryEmbedding(inv_freq, scaling, max_positions)
 
 
+def check_kernel_shapes(args: ModelArgs, device: str | torch.device) -> None:
+    """Refuse, at load, a model the CUDA kernels cannot run (the CPU's torch references take any shape):
+    the attention kernels' dot products need head_dim >= 16."""
+    if torch.device(device).type == "cuda" and args.head_dim < 16:
+        raise ModelFormatError(
+            f"head_dim {args.head_dim} < 16: the CUDA attention kernels need head_dim >= 16; serve this model on "
+            "the CPU (device: cpu) or use one with larger heads"
+        )
+
+
 def weight_files(model_dir: Path) -> list[Path]:
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:

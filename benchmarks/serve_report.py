@@ -1,0 +1,101 @@
+"""The serving benchmark's outputs: JSON (everything measured, with date, device and versions), a markdown table
+of HTTP against the engine per case and concurrency, and a plot of tokens/s and TTFT against concurrency."""
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.report import versions
+
+TARGET_TOK_S = 0.90  # issue 15: HTTP / engine tokens/s at 64 and 256 in flight (H200); 0.80 on the CPU demo
+TARGET_TTFT = 1.2  # HTTP / engine TTFT p50
+TARGET_WAVE = 0.90  # the first wave after ready, over a later one
+
+
+def meta() -> dict:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {
+        "date": datetime.date.today().isoformat(),
+        "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device_name": device, "command": sys.argv, "versions": versions(),
+    }
+
+
+def write_outputs(results: dict, out: Path) -> dict[str, Path]:
+    results.setdefault("meta", meta())
+    m = results["meta"]
+    slug = "".join(c if c.isalnum() else "-" for c in m["device_name"].lower()).strip("-")
+    tiny = "-tiny" if results["settings"].get("tiny") else ""
+    stem = out / f"serve_bench_{m['date']}_{slug}{tiny}"
+    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
+    paths["json"].write_text(json.dumps(results, indent=1))
+    paths["md"].write_text(markdown(results))
+    plot(results, paths["png"])
+    return paths
+
+
+def markdown(results: dict) -> str:
+    m = results["meta"]
+    lines = [
+        f"# Serving benchmark: HTTP (Ray Serve, 1 worker) against LLMEngine, {m['date']}, {m['device_name']}",
+        "", f"versions: {json.dumps(m['versions'])}", f"settings: {json.dumps(results['settings'])}", "",
+        "| case | hot share | in flight | engine tok/s | HTTP stream tok/s | ratio | HTTP whole tok/s | ratio "
+        "| TTFT p50 engine / HTTP (s) | ratio | ITL p50 engine / HTTP (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in results["cases"]:
+        r = case["ratios"]
+        for c, e in case["engine"].items():
+            s, w = case["http"].get(f"{c}/stream", {}), case["http"].get(f"{c}/whole", {})
+            lines.append(
+                f"| {case['case']} | {case['hot_share']:.2f} | {c} | {e['output_tokens_per_s']:.0f} "
+                f"| {s.get('output_tokens_per_s', 0):.0f} | {_f(r.get(f'tok_s_stream_c{c}'))} "
+                f"| {w.get('output_tokens_per_s', 0):.0f} | {_f(r.get(f'tok_s_whole_c{c}'))} "
+                f"| {_f(e['ttft_p50'], 3)} / {_f(s.get('ttft_p50'), 3)} | {_f(r.get(f'ttft_p50_c{c}'))} "
+                f"| {_ms(e['inter_token_latency_p50'])} / {_ms(s.get('inter_token_latency_p50'))} |"
+            )
+        lines.append(f"| {case['case']} | | first wave / later wave | | | {_f(r['first_over_later_wave'])} | | | | | |")
+    failed = {c["case"]: sum(run["failed"] for run in c["http"].values()) for c in results["cases"]}
+    lines += ["", f"failed HTTP requests per case: {json.dumps(failed)}",
+              f"targets: HTTP/engine tok/s >= {TARGET_TOK_S} at 64 and 256 in flight (H200; 0.80 CPU demo), TTFT p50 "
+              f"<= {TARGET_TTFT}x the engine's, first wave >= {TARGET_WAVE}x a later wave"]
+    return "\n".join(lines) + "\n"
+
+
+def _f(x, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _ms(x) -> str:
+    return "—" if x is None else f"{1000 * x:.1f}"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = results["cases"]
+    fig, axes = plt.subplots(2, len(cases), figsize=(5 * len(cases), 7), squeeze=False)
+    for col, case in enumerate(cases):
+        cs = sorted(int(c) for c in case["engine"])
+        tok, ttft = axes[0][col], axes[1][col]
+        tok.plot(cs, [case["engine"][c]["output_tokens_per_s"] for c in cs], "o-", label="engine generate")
+        for kind in ("stream", "whole"):
+            tok.plot(cs, [case["http"][f"{c}/{kind}"]["output_tokens_per_s"] for c in cs], "s--", label=f"HTTP {kind}")
+        ttft.plot(cs, [case["engine"][c]["ttft_p50"] for c in cs], "o-", label="engine")
+        ttft.plot(cs, [case["http"][f"{c}/stream"]["ttft_p50"] for c in cs], "s--", label="HTTP stream")
+        tok.set_title(f"{case['case']} (hot share {case['hot_share']:.2f})")
+        tok.set_ylabel("output tokens/s")
+        ttft.set_ylabel("TTFT p50 (s)")
+        for ax in (tok, ttft):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("requests in flight")
+            ax.legend(fontsize=8)
+    fig.suptitle(f"HTTP vs engine, {results['meta']['device_name']}, {results['meta']['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

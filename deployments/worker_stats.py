@@ -1,0 +1,36 @@
+"""What a worker counts for /stats: requests by adapter (and how many found their adapter merged), the batches
+its engine ran, and the messages it sent to the ingress."""
+from collections import Counter
+from dataclasses import dataclass, field
+
+from deployments.worker_metrics import adapter_tag
+from fair_lora.engine.core_messages import StepReport
+
+
+@dataclass
+class WorkerStats:
+    requests: Counter = field(default_factory=Counter)  # admitted, by adapter tag
+    hot_requests: Counter = field(default_factory=Counter)  # of those, admitted while their adapter was merged here
+    max_batch_size: int = 0
+    max_adapters_per_step: int = 0  # distinct adapters (the base model counts as one) in one step
+    batched_steps: int = 0  # steps that ran more than one request (compare two reads to see a burst batch)
+    multi_adapter_steps: int = 0  # steps that ran more than one adapter
+    aborted: int = 0  # requests whose client left before they finished
+    stream_messages: int = 0  # Deltas sent to the ingress
+    completion_messages: int = 0  # non-streamed requests answered (one message each)
+
+    def admitted(self, adapter: str | None, hot_adapter: str | None) -> None:
+        tag = adapter_tag(adapter)
+        self.requests[tag] += 1
+        if adapter is not None and adapter == hot_adapter:
+            self.hot_requests[tag] += 1
+
+    def step(self, report: StepReport) -> None:
+        stats = report.stats
+        self.max_batch_size = max(self.max_batch_size, stats.num_seqs)
+        self.max_adapters_per_step = max(self.max_adapters_per_step, stats.num_adapters)
+        self.batched_steps += stats.num_seqs > 1
+        self.multi_adapter_steps += stats.num_adapters > 1
+
+    def snapshot(self) -> dict:
+        return {**vars(self), "requests": dict(self.requests), "hot_requests": dict(self.hot_requests)}

@@ -1,0 +1,236 @@
+"""AsyncLLMEngine: the engine for servers. The engine steps in its own process (engine/core_process.py); this
+side tokenizes, detokenizes, checks stop strings and hands each request its deltas on an asyncio loop.
+
+Each step's report is detokenized in one batch on the client's reader thread, then handed to the event loop
+in one callback (not one per request). A request whose consumer is slower than the engine finds several
+steps' deltas waiting and takes them as one (`RequestStream.deltas()` coalesces), so a busy loop sends fewer,
+larger messages instead of falling behind.
+"""
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from transformers import AutoTokenizer
+
+from fair_lora.config import EngineConfig
+from fair_lora.engine.core_client import EngineCoreClient, EngineDeadError
+from fair_lora.engine.core_messages import Ready, StepReport, TokenDelta
+from fair_lora.engine.detokenizer import Detokenizer, OutputText, cut_at_stop
+from fair_lora.errors import RequestError
+from fair_lora.sampling_params import SamplingParams
+
+
+@dataclass
+class RequestDelta:
+    """What a request gained since its previous delta."""
+
+    token_ids: list[int]
+    text: str  # safe to show: never taken back (incomplete characters and possible stop-string starts wait)
+    logprobs: list[float] | None  # of token_ids, when asked
+    finished: bool = False
+    finish_reason: str | None = None  # "stop", "length", "abort", "error"
+    error: str | None = None  # finish_reason "error": what failed
+
+
+@dataclass(eq=False)
+class RequestStream:
+    """One request's outputs as they arrive. Iterate `deltas()`, or await `finished()` for the whole output."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    want_logprobs: bool
+    output: OutputText  # the whole output so far: ids and text (cut at a stop string), detokenized incrementally
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: str | None = None
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    async def deltas(self) -> AsyncIterator[RequestDelta]:
+        """Every delta up to the finished one; deltas that queued up meanwhile come merged into one."""
+        while True:
+            delta = _merge(await _drain(self.queue))
+            yield delta
+            if delta.finished:
+                return
+
+    async def finished(self) -> "RequestStream":
+        async for _ in self.deltas():
+            pass
+        return self
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.output.ids
+
+    @property
+    def text(self) -> str:
+        return self.output.text
+
+
+class AsyncLLMEngine:
+    def __init__(self, on_step: Callable[[StepReport], None] | None = None) -> None:
+        """Use `await AsyncLLMEngine.start(config)`."""
+        self.loop = asyncio.get_running_loop()
+        self.on_step = on_step  # called on the event loop after each step's deltas are handed out
+        self.streams: dict[str, RequestStream] = {}
+        self.client: EngineCoreClient | None = None
+        self.ready: Ready | None = None
+        self.tokenizer = None
+        self.detokenizer: Detokenizer | None = None
+
+    @classmethod
+    async def start(
+        cls, config: EngineConfig, on_step: Callable[[StepReport], None] | None = None,
+        torch_threads: int | None = None,
+    ) -> "AsyncLLMEngine":
+        """Start the engine process and wait until it is warmed up and ready."""
+        engine = cls(on_step)
+        core_config = dataclasses.replace(config, detokenize=False)  # text is made here, off the stepping process
+        engine.client = await asyncio.to_thread(
+            EngineCoreClient, core_config, engine._on_report, engine._on_exit, torch_threads
+        )
+        engine.ready = engine.client.ready
+        engine.tokenizer = await asyncio.to_thread(_load_tokenizer, engine.ready.model_dir)
+        engine.detokenizer = Detokenizer(engine.tokenizer) if engine.tokenizer is not None else None
+        return engine
+
+    @property
+    def alive(self) -> bool:
+        return self.client is not None and self.client.alive
+
+    @property
+    def error(self) -> str | None:
+        return self.client.error if self.client else None
+
+    @property
+    def max_model_len(self) -> int:
+        return self.ready.max_model_len
+
+    # ---- requests -------------------------------------------------------------------------------------
+
+    async def add(
+        self, prompt: str | list[int], adapter: str | None, params: SamplingParams, request_id: str | None = None,
+        client: str | None = None,
+    ) -> RequestStream:
+        """Queue a request; raises what the engine refused it for (FairLoRAError) before any output."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise RequestError("this model has no tokenizer: send prompt token ids")
+            prompt = await asyncio.to_thread(self.tokenizer.encode, prompt)
+        if params.stop and self.detokenizer is None:
+            raise RequestError("this model has no tokenizer: stop strings cannot be checked")
+        request_id = request_id or f"req-{uuid.uuid4().hex}"
+        stream = RequestStream(request_id, list(prompt), params.logprobs, OutputText(list(params.stop)))
+        self.streams[request_id] = stream  # before the call: its first tokens may follow the reply at once
+        core_params = dataclasses.replace(params, stop=[])
+        try:
+            await asyncio.wrap_future(self.client.call("add_request", stream.prompt_token_ids, adapter, core_params,
+                                                       request_id, client))
+        except BaseException:
+            self.streams.pop(request_id, None)
+            self.client.abort(request_id)  # cancelled while queued: it may have been added all the same
+            raise
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its KV blocks; its stream gets no more deltas."""
+        if self.streams.pop(request_id, None) is not None:
+            self.client.abort(request_id)
+
+    async def call(self, method: str, *args):
+        """An engine method between two steps (engine/core_process.py CALLS): load_adapter, unload_adapter,
+        set_hot_adapter, hot_adapter, adapters, requests_using, stats."""
+        return await asyncio.wrap_future(self.client.call(method, *args))
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        """Each token decoded alone (OpenAI's logprobs `tokens`)."""
+        if self.detokenizer is None:
+            return [""] * len(token_ids)
+        return self.detokenizer.decode_many([[t] for t in token_ids])
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await asyncio.to_thread(self.client.close)
+
+    # ---- the reader thread's side -------------------------------------------------------------------------
+
+    def _on_report(self, report: StepReport) -> None:
+        """On the client's reader thread: detokenize the step's outputs in one batch, then hand them over."""
+        live: list[tuple[RequestStream, TokenDelta]] = []
+        for d in report.deltas:
+            stream = self.streams.get(d.request_id)
+            if stream is None or stream.finish_reason is not None:
+                continue  # aborted, or finished here by a stop string while the core went on
+            stream.output.ids.extend(d.token_ids)
+            if d.logprobs is not None:
+                stream.logprobs.extend(d.logprobs)
+            live.append((stream, d))
+        if self.detokenizer is not None:
+            self.detokenizer.update([s.output for s, _ in live])
+        handed = [(stream, self._delta(stream, d)) for stream, d in live]
+        _call_soon(self.loop, self._hand_out, handed, report)
+
+    def _delta(self, stream: RequestStream, d: TokenDelta) -> RequestDelta:
+        reason = d.finish_reason
+        # As the in-process engine orders them: an end-of-sequence token wins, then stop strings, then length.
+        if reason != "stop" and stream.output.stops and cut_at_stop(stream.output, stream.output.stops):
+            if reason is None:
+                self.client.abort(stream.request_id)  # the core does not see text: it would go on
+            reason = "stop"
+        finished = reason is not None
+        if finished:
+            stream.finish_reason, stream.error = reason, d.error
+            self.streams.pop(stream.request_id, None)
+        text = stream.output.take_delta(finished) if self.detokenizer is not None else ""
+        return RequestDelta(d.token_ids, text, d.logprobs, finished, reason, d.error)
+
+    def _hand_out(self, handed: list[tuple[RequestStream, RequestDelta]], report: StepReport) -> None:
+        for stream, delta in handed:
+            stream.queue.put_nowait(delta)
+        if self.on_step is not None:
+            self.on_step(report)
+
+    def _on_exit(self, reason: str) -> None:
+        _call_soon(self.loop, self._fail_all, reason)
+
+    def _fail_all(self, reason: str) -> None:
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.queue.put_nowait(EngineDeadError(reason))
+
+
+def _load_tokenizer(model_dir: str):
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError):  # a dummy-weight model directory may have none: token ids only
+        return None
+
+
+async def _drain(queue: asyncio.Queue) -> list[RequestDelta]:
+    items = [await queue.get()]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    for item in items:
+        if isinstance(item, BaseException):
+            raise item
+    return items
+
+
+def _merge(items: list[RequestDelta]) -> RequestDelta:
+    if len(items) == 1:
+        return items[0]
+    last = items[-1]
+    logprobs = None if last.logprobs is None else [lp for d in items for lp in (d.logprobs or [])]
+    return RequestDelta(
+        [t for d in items for t in d.token_ids], "".join(d.text for d in items), logprobs,
+        last.finished, last.finish_reason, last.error,
+    )
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable, *args) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the event loop is closed: nobody is waiting any more
+        pass

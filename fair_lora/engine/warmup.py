@@ -1,0 +1,89 @@
+"""Start-up work that must never land on a request: the memory profile's forward, and the warm-up that
+compiles every kernel variant and captures every decode graph before the engine reports ready.
+
+Triton compiles a kernel per combination of its constexpr arguments and of its integer arguments' value
+classes (1, a multiple of 16, anything else); the decode graphs are captured per (batch bucket, correction,
+hot merged). Both happen on first use, 0.1 to 3 s each on an H200; a server would show them to its first
+users. The warm-up runs the step shapes that select them: prefills of 1, 3 and 16 sequences, short and long
+(the correction's 32-entry tiles start past 512 tokens), with base and adapter tokens, with and without a
+hot adapter merged; then a decode step at every graph bucket for each kind of batch.
+"""
+import time
+
+import torch
+
+from fair_lora.engine.block_manager import BlockManager
+from fair_lora.engine.model_runner import ModelRunner
+from fair_lora.engine.scheduler import ScheduledSeq
+from fair_lora.engine.sequence import Sequence
+from fair_lora.outputs import RequestTimes
+from fair_lora.popularity import PopularityWindow
+from fair_lora.sampling_params import SamplingParams
+
+
+def profile_forward(model, max_tokens: int, block_size: int, dtype: torch.dtype, device, num_slots: int) -> None:
+    """One prefill of `max_tokens` tokens, every token corrected by two adapters (own + hot subtraction):
+    the largest activation footprint a step can have. Uses its own small KV cache (freed after)."""
+    blocks = BlockManager(-(-max_tokens // block_size), block_size)
+    runner = ModelRunner(model, blocks.num_blocks, block_size, dtype, device)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(model.args.vocab_size, (max_tokens,), generator=generator).tolist()
+    seq = Sequence("profile", "profile", ids, SamplingParams(max_tokens=1), RequestTimes(arrival=0.0))
+    blocks.allocate(seq, max_tokens)
+    scales = torch.ones(num_slots, dtype=torch.float32)
+    with torch.inference_mode():
+        runner.run([ScheduledSeq(seq, max_tokens)], [0], scales, 1 if num_slots > 1 else None)
+    for layer in model.model.layers:  # the engine's real runner allocates the cache next
+        layer.self_attn.k_cache = layer.self_attn.v_cache = None
+
+
+def warm_up(engine) -> float:
+    """On CUDA: load the adapters into their device slots (as many as fit), compile every kernel variant and
+    capture every decode graph; returns the seconds it took. Elsewhere nothing compiles: it returns 0. The
+    engine's popularity window, switch history and statistics are left as they were."""
+    if torch.device(engine.config.device).type != "cuda":
+        return 0.0
+    start = time.perf_counter()
+    window, switches = engine.window, list(engine.hot_switch.switches)
+    engine.window = engine.hot_switch.window = PopularityWindow(engine.config.popularity)  # warm-up traffic is not traffic
+    adapters = engine.adapters()
+    for name in adapters[: engine.pool.num_slots]:  # resident and unpinned: the LRU keeps them until needed
+        engine.pool.acquire(name)
+        engine.pool.release(name)
+    hot_choices = [None] + (adapters[:1] if engine.hot_switch.merger is not None else [])
+    for hot in hot_choices:
+        engine.set_hot_adapter(hot)
+        _prefills(engine, adapters)
+        _decode_buckets(engine, adapters)
+    engine.set_hot_adapter(None)
+    torch.cuda.synchronize()
+    engine.window = engine.hot_switch.window = window
+    engine.hot_switch.switches[:] = switches
+    engine.hot_switch.policy_choice = None
+    engine.num_preemptions = 0
+    return time.perf_counter() - start
+
+
+def _adapter_cycle(adapters: list[str], n: int) -> list[str | None]:
+    names: list[str | None] = [None, *adapters]
+    return [names[i % len(names)] for i in range(n)]
+
+
+def _prefills(engine, adapters: list[str]) -> None:
+    longest = min(engine.config.max_num_batched_tokens, engine.max_model_len - 1)
+    shapes = [(1, longest), (1, 40), (3, 40), (16, 8), (16, min(40, longest // 16))]
+    for num_seqs, length in shapes:
+        prompts = [[(7 * i + j) % 1000 + 1 for j in range(length)] for i in range(num_seqs)]
+        engine.generate(prompts, _adapter_cycle(adapters, num_seqs), SamplingParams(max_tokens=1, ignore_eos=True))
+
+
+def _decode_buckets(engine, adapters: list[str]) -> None:
+    graphs = engine.runner.graphs
+    if graphs is None:
+        return
+    params = SamplingParams(max_tokens=2, ignore_eos=True)
+    for size in graphs.buckets:
+        prompts = [[i % 1000 + 1, 2, 3] for i in range(size)]
+        engine.generate(prompts, [None] * size, params)  # no correction, or the hot subtraction alone
+        if adapters:
+            engine.generate(prompts, _adapter_cycle(adapters, size), params)

@@ -1,0 +1,146 @@
+"""The serving engine without Ray: the engine steps in its own process and the asyncio side detokenizes.
+Concurrent requests share steps and equal LLMEngine.generate(); stop strings end a request as in-process; text
+deltas never retract and add up to the text; an abort frees its blocks; a dead engine process fails its
+requests at once instead of hanging them."""
+import asyncio
+
+import pytest
+
+from fair_lora import EngineConfig, LLMEngine, SamplingParams, UnknownAdapterError
+from fair_lora.engine.async_engine import AsyncLLMEngine
+from fair_lora.engine.core_client import EngineDeadError
+from fair_lora.engine.detokenizer import OutputText
+
+ADAPTERS = [None, "adapter-0", "adapter-1", "adapter-2"]
+
+
+def _config(demo) -> EngineConfig:
+    return EngineConfig(model=str(demo.model_dir), adapters={n: str(p) for n, p in demo.adapters.items()}, auto_hot=False)
+
+
+@pytest.fixture(scope="module")
+def offline(demo):
+    return LLMEngine(_config(demo))
+
+
+def run(coroutine_fn, demo, on_step=None):
+    """Start a serving engine, run `coroutine_fn(engine)`, always stop the engine process."""
+
+    async def main():
+        engine = await AsyncLLMEngine.start(_config(demo), on_step=on_step, torch_threads=1)
+        try:
+            return await coroutine_fn(engine)
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_share_steps_and_equal_generate(demo, offline):
+    params = SamplingParams(max_tokens=12, ignore_eos=True, logprobs=True)
+    want = offline.generate(["served"] * 4, ADAPTERS, params)
+    batch_sizes: list[int] = []
+
+    async def collect(stream):
+        return [d async for d in stream.deltas()]
+
+    async def requests(engine):
+        streams = [await engine.add("served", adapter, params) for adapter in ADAPTERS]
+        return streams, await asyncio.gather(*(collect(s) for s in streams))
+
+    streams, deltas = run(requests, demo, on_step=lambda report: batch_sizes.append(report.stats.num_seqs))
+    for stream, got, expected in zip(streams, deltas, want):
+        assert stream.token_ids == expected.token_ids and stream.text == expected.text
+        assert [t for d in got for t in d.token_ids] == expected.token_ids
+        assert "".join(d.text for d in got) == expected.text, "deltas must add up to the text"
+        assert max(abs(a - b) for a, b in zip(stream.logprobs, expected.logprobs)) < 1e-5
+        assert got[-1].finished and got[-1].finish_reason == "length" and not any(d.finished for d in got[:-1])
+    assert max(batch_sizes) > 1
+
+
+def test_stop_strings_end_requests_as_the_in_process_engine_does(demo, offline):
+    free = offline.generate(["stop here"], [None], SamplingParams(max_tokens=40, ignore_eos=True))[0].text
+    stop = free[len(free) // 2 : len(free) // 2 + 2]  # two characters from the middle of the output
+    params = SamplingParams(max_tokens=40, ignore_eos=True, stop=[stop])
+    want = offline.generate(["stop here"], [None], params)[0]
+
+    async def request(engine):
+        stream = await engine.add("stop here", None, params)
+        texts = [d.text async for d in stream.deltas()]
+        return stream, texts, await engine.call("stats")
+
+    stream, texts, stats = run(request, demo)
+    assert want.finish_reason == stream.finish_reason == "stop"
+    assert stream.text == want.text == "".join(texts) and stop not in stream.text
+    assert stats["running"] == 0, "the engine process went on generating after the stop string"
+
+
+def test_refused_requests_raise_before_any_output(demo):
+    async def request(engine):
+        with pytest.raises(UnknownAdapterError):
+            await engine.add("x", "no-such-adapter", SamplingParams())
+        return await engine.call("stats")
+
+    stats = run(request, demo)
+    assert stats["waiting"] == stats["running"] == 0
+
+
+def test_abort_frees_every_block(demo):
+    async def request(engine):
+        stream = await engine.add("long", "adapter-3", SamplingParams(max_tokens=400, ignore_eos=True))
+        async for _ in stream.deltas():
+            break
+        engine.abort(stream.request_id)
+        for _ in range(100):
+            stats = await engine.call("stats")
+            if stats["running"] == 0:
+                return stats
+            await asyncio.sleep(0.05)
+        return stats
+
+    stats = run(request, demo)
+    assert stats["running"] == stats["waiting"] == 0 and stats["free_blocks"] == stats["num_blocks"]
+
+
+def test_a_dead_engine_process_fails_its_requests_and_later_calls(demo):
+    async def request(engine):
+        stream = await engine.add("doomed", None, SamplingParams(max_tokens=400, ignore_eos=True))
+        deltas = stream.deltas()
+        await deltas.__anext__()
+        engine.client.process.kill()
+        with pytest.raises(EngineDeadError):
+            async for _ in deltas:
+                pass
+        assert not engine.alive
+        with pytest.raises(EngineDeadError):
+            await engine.call("stats")
+        with pytest.raises(EngineDeadError):
+            await engine.add("later", None, SamplingParams())
+
+    asyncio.run(asyncio.wait_for(_started(demo, request), timeout=120))
+
+
+async def _started(demo, body):
+    engine = await AsyncLLMEngine.start(_config(demo), torch_threads=1)
+    try:
+        await body(engine)
+    finally:
+        await engine.close()
+
+
+def test_text_deltas_hold_back_incomplete_characters_and_stop_prefixes():
+    output = OutputText(stops=["END"])
+    pieces = []
+    for text, finished in [("ab", False), ("abc\ufffd", False), ("abc€ E", False), ("abc€ ", True)]:
+        output.text = text
+        pieces.append(output.take_delta(finished))
+    assert "".join(pieces) == "abc€ " and "\ufffd" not in "".join(pieces)
+
+
+def test_text_deltas_go_on_when_decoding_rewrites_earlier_text():
+    output = OutputText()
+    pieces = []
+    for text, finished in [("Hello ", False), ("Hello.", False), ("Hello. Bye", True)]:
+        output.text = text
+        pieces.append(output.take_delta(finished))
+    assert pieces == ["Hello ", "", " Bye"], "the end is never dropped"
