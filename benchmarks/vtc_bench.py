@@ -12,8 +12,9 @@ load level the artifact's rates put on its GPU (its on_off_overload served ~880 
 Service, as VTC counts it: a prompt token when it is first computed, an output token (weight 2) when sampled;
 divided by the client's weight. For each pair of clients, D = the difference of their service accumulated while
 both are backlogged (have a waiting request), from zero at the start of each such period; the metrics are the
-largest |D| (max over pairs) and its time average over backlogged time. Throughput: prompt and output tokens
-served per virtual second (recomputations not counted).
+largest |D| (max over pairs) and its time average over backlogged time (the artifact accumulates over the whole
+run instead). Throughput: prompt and output tokens served per virtual second (recomputations not counted); under
+this step model it follows only how full the batch is, so it cannot show a policy's own cost on a real device.
 
 python -m benchmarks.vtc_bench [--tiny] [--out DIR]   writes vtc_bench_<date>_cpu[-tiny].{json,md,png}"""
 import argparse
@@ -33,7 +34,7 @@ from fair_lora.engine.vtc import client_of
 
 LEN = 16
 STEP_S, TOKEN_S = 0.15, 0.01
-ENGINE = dict(mode="slora", max_num_seqs=8, num_kv_blocks=16, block_size=16, max_waiting=100_000)
+ENGINE = dict(mode="slora", max_num_seqs=8, num_kv_blocks=16, block_size=16, max_model_len=64, max_waiting=100_000)
 TARGET_WORKLOADS = ("overload", "on_off_overload")
 RESULTS = Path(__file__).resolve().parent / "results"
 
