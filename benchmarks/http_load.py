@@ -72,17 +72,14 @@ class RequestRecord:
     def ttft(self) -> float | None:
         return None if self.first_token_time is None else self.first_token_time - self.send_time
 
-    def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
 
 class Progress:
-    """One status line on stderr: rewritten in place on a terminal, a new line every `every_s` otherwise."""
+    """One status line on stderr: rewritten in place on a terminal, a new line every 10 s otherwise (logs)."""
 
-    def __init__(self, total: int, label: str = "", enabled: bool = True, every_s: float | None = None) -> None:
+    def __init__(self, total: int, label: str = "", enabled: bool = True) -> None:
         self.total, self.label, self.enabled = total, label, enabled
         self.tty = sys.stderr.isatty()
-        self.every_s = every_s or (0.5 if self.tty else 10.0)
+        self.every_s = 0.5 if self.tty else 10.0
         self.sent = self.done = self.failed = self.throttled = self.tokens = 0
         self.started = self._last = time.perf_counter()
 
@@ -138,6 +135,7 @@ async def run_load(
 
         async def one(index: int) -> RequestRecord:
             bar.sent += 1
+            bar.update()
             record = await _send(client, index, requests[index], stream, origin, timeout_s)
             bar.record(record)
             return record

@@ -28,13 +28,13 @@ SERVE_SHUTDOWN_TIMEOUT_S = 30.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-setting", default="S1", choices=SETTINGS)
     p.add_argument("--num-adapter", type=int, default=30, help="adapters to serve, named <source>-<i> (30)")
     p.add_argument("--num-token", type=int, default=None,
                    help="KV-cache capacity in tokens, per worker (default: the engine sizes it)")
-    p.add_argument("--fair_strategy", "--fair-strategy", action="store_true", help="mode fair: merge the popular adapter "
-                   "(without it: mode slora, never merge)")
+    p.add_argument("--fair_strategy", "--fair-strategy", action="store_true",
+                   help="mode fair: merge the popular adapter (without it: mode slora, never merge)")
     p.add_argument("--dummy", action="store_true", help="random base weights from the model's config.json")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
@@ -70,6 +70,7 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
         raise SystemExit(f"--model-setting {opts.model_setting} has no weights: pass --dummy (random weights "
                          "of its shapes) or --model DIR")
     cuda = opts.device == "cuda"
+    in_flight = 1024 + opts.num_replicas * opts.max_waiting
     args = {
         "model": assets.model,
         "load_format": "dummy" if opts.dummy else "safetensors",
@@ -82,7 +83,10 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
         "scheduling_policy": opts.scheduler,
         "fair_weights": fair_weights(opts.fair_weights or [], list(assets.adapters)),
         "workers": {"num_replicas": opts.num_replicas, "num_cpus": 0.1, "num_gpus": 1 if cuda else 0},
-        "ingress": {"num_replicas": 1, "num_cpus": 0.1},
+        # The ingress holds every request the workers may queue (plus the default 1024): past its limit the proxy
+        # answers 503, where S-LoRA's server would queue.
+        "ingress": {"num_replicas": 1, "num_cpus": 0.1, "max_ongoing_requests": in_flight,
+                    "max_queued_requests": in_flight},
     }
     optional = {
         "num_kv_tokens": opts.num_token, "max_num_seqs": opts.max_num_seqs,
@@ -137,6 +141,7 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     ours = RayProcesses()
+    ours.start()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": opts.port})
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/")
@@ -147,8 +152,7 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
               f"{num_adapters} adapters" + (f" (+{extra} of the model)" if extra else "") +
               f", scheduler {opts.scheduler}, device {opts.device}; Ray logs in {session}/logs", flush=True)
         while True:
-            ours.snapshot()
-            time.sleep(5)
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
@@ -161,22 +165,38 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
 
 
 class RayProcesses:
-    """The processes this launcher started (Ray's own and its workers), remembered while it serves.
+    """The processes this launcher started (Ray's own and its workers), remembered from ray.init on.
 
     Ray's actors run in their own sessions, children of the raylet: when a SIGTERM sent to our whole process
     group (e.g. by `timeout`) kills the raylet first, they are orphaned and outlive ray.shutdown(). Those that
     are still alive after it are the ones remembered here, and only those are killed."""
 
+    INTERVAL_S = 2.0
+
     def __init__(self) -> None:
         self.me = psutil.Process()
         self.known: dict[int, psutil.Process] = {}
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                self.snapshot()
+            except psutil.Error:  # a process that ended while we looked: the next look is complete
+                pass
+            time.sleep(self.INTERVAL_S)
 
     def snapshot(self) -> None:
-        for child in self.me.children(recursive=True):
-            self.known.setdefault(child.pid, child)
+        with self.lock:
+            for child in self.me.children(recursive=True):
+                self.known.setdefault(child.pid, child)
 
     def reap(self, grace_s: float = 10.0) -> None:
-        alive = [p for p in self.known.values() if p.is_running()]  # is_running also checks the start time
+        with self.lock:
+            alive = [p for p in self.known.values() if p.is_running()]  # is_running also checks the start time
         _, alive = psutil.wait_procs(alive, timeout=grace_s)
         for process in alive:
             print(f"fair_lora server: killing leftover Ray process {process.pid}", file=sys.stderr, flush=True)

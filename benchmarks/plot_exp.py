@@ -98,7 +98,8 @@ def plot_service(records: list[dict], out: Path) -> Path | None:
 
 def _service_panel(ax, record: dict) -> None:
     service, config = record["result"]["service"], record["config"]
-    tokens = {a: np.add(service["input_tokens"].get(a, 0), service["output_tokens"][a]) for a in service["output_tokens"]}
+    outputs = service["output_tokens"]
+    tokens = {a: np.add(service["input_tokens"].get(a, 0), outputs[a]) for a in outputs}
     top = sorted(tokens, key=lambda a: -tokens[a].sum())[:TOP_ADAPTERS]
     t = np.arange(1, len(next(iter(tokens.values()))) + 1) * service["bin_s"]
     colors = dict(zip(top, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
@@ -150,7 +151,8 @@ def plot_rate_sweep(records: list[dict], out: Path) -> Path | None:
 
 def _save(fig, out: Path, kind: str, records: list[dict]) -> Path:
     config = records[0]["config"]
-    fig.suptitle(f"{config['model_setting']} on {config.get('device') or 'unknown device'}, "
+    device = ", ".join(config.get("device_names") or []) or config.get("device") or "unknown device"
+    fig.suptitle(f"{config['model_setting']} on {device}, "
                  f"git {config['git_commit']}", fontsize=10)
     fig.tight_layout()
     path = out.parent / f"{out.name}_{kind}.png"

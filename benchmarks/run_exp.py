@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.http_load import LoadRequest, RequestRecord, run_load, summarize
+from benchmarks.http_load import LoadRequest, RequestRecord, percentile, run_load, summarize
 from benchmarks.synthetic_assets import REPO, SETTINGS, SYNTHETIC, adapter_names
 from benchmarks.trace import SEED, TraceConfig, TraceRequest, generate_requests, prompt_token_ids
 
@@ -55,12 +55,12 @@ SUITES = {
     "req-rate": ([200], [1], [1, 1.5, 2, 2.5], [1], 300),
     "rate-sweep": ([100], [1], [1], [1], 120),  # req_rate: where the sweep starts
 }
-SWEEP_DOUBLINGS, SWEEP_HALVINGS = 8, 6
+SWEEP_DOUBLINGS, SWEEP_HALVINGS, SWEEP_MIN_REQUESTS = 8, 6, 50
 PACKAGES = ("fair_lora", "ray", "torch", "triton", "transformers", "peft", "numpy", "httpx")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--debug", action="store_true", help="one short configuration (8 adapters, 30 s)")
     which.add_argument("--fair", action="store_true", help="the Fair-SLoRA suite")
@@ -75,8 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the server's mode, when its /stats does not say (then required)")
     for name in ("num-adapters", "alphas", "req-rates", "cvs"):
         p.add_argument(f"--{name}", type=float, nargs="+", default=None, help="replaces the suite's values")
-    p.add_argument("--min-attainment", type=float, default=0.9,
-                   help="rate sweep: a rate is sustained while this share of requests meets the 6 s TTFT SLO")
+    p.add_argument("--lengths", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="input and output lengths in [LO, HI) instead of the suite's (e.g. to fit a short context)")
+    p.add_argument("--min-pace", type=float, default=0.9,
+                   help="rate sweep: a rate is sustained while requests complete at least this fast, relative to "
+                        "their arrivals (completion_pace), and --min-attainment of them meet the 6 s TTFT SLO")
+    p.add_argument("--min-attainment", type=float, default=0.9)
     p.add_argument("--sweep-refine", type=int, default=2, help="rate sweep: bisections after the doubling")
     opts = p.parse_args(argv)
     opts.suite = "debug" if opts.debug else "fair" if opts.fair else opts.suite or "fair"
@@ -86,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def configs(opts: argparse.Namespace) -> list[tuple[str, TraceConfig]]:
     num_adapters, alpha, req_rate, cv, duration = SUITES[opts.suite]
     num_adapters = [int(n) for n in opts.num_adapters] if opts.num_adapters else num_adapters
-    lengths = SHORT if opts.suite == "debug" else FULL
+    lengths = tuple(opts.lengths) if opts.lengths else SHORT if opts.suite == "debug" else FULL
     grid = _grid(opts.suite, num_adapters, opts.alphas or alpha, opts.req_rates or req_rate, opts.cvs or cv,
                  duration, lengths)
     return [(suite, config.scaled(opts.duration_scale)) for suite, config in grid]
@@ -104,6 +108,7 @@ class Server:
     args: dict | None  # the app's args, when /stats reports them
     mode: str
     num_workers: int
+    device_names: list[str]  # the workers' accelerators, when /stats reports them
 
 
 def probe(url: str, mode_flag: str | None) -> Server:
@@ -118,8 +123,9 @@ def probe(url: str, mode_flag: str | None) -> Server:
         raise SystemExit(f"--mode {mode_flag}, but the server at {url} runs mode {mode}")
     if not (mode or mode_flag):
         raise SystemExit(f"the server at {url} does not report its mode in /stats: pass --mode fair|slora")
+    devices = sorted({w["device_name"] for w in stats["workers"] if w.get("device_name")})
     return Server(url, models[0]["id"], [m["id"] for m in models[1:]], models[0]["max_model_len"], args,
-                  mode or mode_flag, len(stats["workers"]))
+                  mode or mode_flag, len(stats["workers"]), devices)
 
 
 def adapter_sources(setting: str, served: list[str]) -> list[str]:
@@ -213,9 +219,21 @@ def slora_result(trace: list[TraceRequest], records: list[RequestRecord], total_
     }
 
 
+def completion_pace(trace: list[TraceRequest], records: list[RequestRecord]) -> float | None:
+    """Requests completed per request arrived, both counted over the last 90% of the arrivals' span.
+
+    A service that keeps up completes requests as fast as they arrive (each one a latency later, which shifts the
+    window but not its count); an overloaded one falls behind, and its backlog drains only after the last arrival.
+    Unlike throughput over total_time, this does not count that drain, nor the last requests' own latency."""
+    start, end = 0.1 * trace[-1].req_time if trace else 0.0, trace[-1].req_time if trace else 0.0
+    arrived = sum(start <= t.req_time <= end for t in trace)
+    completed = sum(r.ok and start <= r.end_time <= end for r in records)
+    return completed / arrived if arrived else None
+
+
 def per_token_percentiles(trace: list[TraceRequest], records: list[RequestRecord]) -> dict:
     per_token = [r.latency / (t.prompt_len + t.output_len) for t, r in zip(trace, records) if r.ok]
-    return {f"per_token_latency_p{q}": float(np.percentile(per_token, q)) if per_token else None for q in (50, 99)}
+    return {f"per_token_latency_p{q}": percentile(per_token, q) for q in (50, 99)}
 
 
 def service_over_time(records: list[RequestRecord], base_model: str, bin_s: float) -> dict:
@@ -243,6 +261,7 @@ def run_one(server: Server, opts: argparse.Namespace, suite: str, config: TraceC
         **slora_result(trace, records, total_time, config.req_rate),
         **summarize(records, total_time),
         **per_token_percentiles(trace, records),
+        "completion_pace": completion_pace(trace, records),
         "short_outputs": sum(r.ok and r.output_tokens != t.output_len for t, r in zip(trace, records)),
         "ttfts": [round(r.ttft, 4) for r in records if r.ok and r.ttft is not None],
         "hot_timeline": samples,
@@ -260,8 +279,10 @@ def config_record(server: Server, opts: argparse.Namespace, suite: str, config: 
         "model_setting": opts.model_setting, "mode": server.mode, "server": server.url,
         "base_model": server.base_model, "max_model_len": server.max_model_len, "num_workers": server.num_workers,
         "served_adapters": len(server.adapters), "scheduling_policy": args.get("scheduling_policy"),
-        "device": args.get("device"), "dtype": args.get("dtype"), "server_args": server.args,
-        "client_host": socket.gethostname(), "python": platform.python_version(), "started_utc": started, "slo_s": SLO_S,
+        "device": args.get("device"), "device_names": server.device_names, "dtype": args.get("dtype"),
+        "server_args": server.args,
+        "client_host": socket.gethostname(), "python": platform.python_version(), "started_utc": started,
+        "slo_s": SLO_S,
         "git_commit": git_commit(), "versions": {p: _version(p) for p in PACKAGES},
     }
 
@@ -313,15 +334,17 @@ def run_suite(server: Server, opts: argparse.Namespace, output: Path) -> None:
 
 
 def sweep(server: Server, opts: argparse.Namespace, output: Path, base: TraceConfig) -> None:
-    """Double the rate while it is sustained (avg_attainment >= --min-attainment), or halve it while it is not,
-    until that flips; then bisect between the highest sustained rate and the next higher, unsustained one."""
+    """Double the rate while it is sustained (see --min-pace), or halve it while it is not, until that flips; then
+    bisect between the highest sustained rate and the next higher, unsustained one. A probe lasts long enough for
+    SWEEP_MIN_REQUESTS requests: with fewer, one request more or less in the window swings the pace too far."""
     sustained: dict[float, bool] = {}
 
     def probe_rate(rate: float) -> bool:
-        config = replace(base, req_rate=rate)
+        config = replace(base, req_rate=rate, duration=max(base.duration, SWEEP_MIN_REQUESTS / rate))
         record = run_one(server, opts, "rate-sweep", config, f"[sweep {len(sustained) + 1}] {describe(config)}: ")
-        sustained[rate] = record["result"]["sustained"] = (record["result"]["avg_attainment"] or 0.0) >= \
-            opts.min_attainment
+        result = record["result"]
+        sustained[rate] = result["sustained"] = ((result["completion_pace"] or 0.0) >= opts.min_pace
+                                                 and (result["avg_attainment"] or 0.0) >= opts.min_attainment)
         write(output, record)
         return sustained[rate]
 

@@ -16,8 +16,9 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,21 +49,23 @@ class Assets:
     adapters: dict[str, str]
     max_rank: int
     demo_dir: str | None = None
-    # Synthetic adapters still to write: name -> (rank, directory); written by write().
-    pending: dict[str, tuple[int, Path]] | None = None
-    config: dict | None = None  # the model's config.json, for the synthetic adapters' shapes
+    # Synthetic settings: each adapter's (rank, directory), and the model's config.json (the adapters' shapes).
+    synthetic: dict[str, tuple[int, Path]] = field(default_factory=dict)
+    config: dict | None = None
 
     def write(self) -> None:
         """Create the synthetic model directory and adapters that the cache does not hold yet."""
-        if self.pending is None:
+        if self.config is None:
             return
         model_dir = Path(self.model)
         if not (model_dir / "config.json").is_file():
             model_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(model_dir / "config.json", json.dumps(self.config, indent=2))
-        for name, (rank, directory) in self.pending.items():
-            if not (directory / "adapter_config.json").is_file():
-                write_random_adapter(directory, self.config, rank, seed_label=f"{directory.parent.name}/{name}")
+        missing = {n: (r, d) for n, (r, d) in self.synthetic.items() if not (d / "adapter_config.json").is_file()}
+        for i, (name, (rank, directory)) in enumerate(missing.items(), 1):
+            write_random_adapter(directory, self.config, rank, seed_label=f"{directory.parent.name}/{name}")
+            print(f"\rwrote synthetic adapter {i}/{len(missing)}: {directory}", end="\n" if i == len(missing) else "",
+                  file=sys.stderr, flush=True)
 
 
 def plan_assets(
@@ -80,6 +83,9 @@ def plan_assets(
         if not model or not adapter_dirs:
             raise ValueError("--model-setting Real needs --model DIR and --adapter-dir DIR [DIR ...]")
         sources = {Path(d).resolve().name: str(Path(d).resolve()) for d in adapter_dirs}
+        if len(sources) < len(adapter_dirs):
+            raise ValueError(f"--adapter-dir {' '.join(adapter_dirs)}: two directories share a name, and the served "
+                             "names <directory name>-<i> would collide")
         return _copies(model, sources, num_adapters, None)
     if setting == "Demo":
         from fair_lora.demo import default_demo_root, make_demo  # torch, transformers, peft: only when needed
@@ -99,12 +105,12 @@ def _synthetic(setting: str, num_adapters: int, cache_dir: Path, model: str | No
     shapes = hashlib.sha256(json.dumps(_shape_fields(config), sort_keys=True).encode()).hexdigest()[:12]
     rank_of = {name: rank for rank, name in dirs_by_rank.items()}
     names = adapter_names(list(rank_of), num_adapters)
-    pending = {n: (rank_of[n.rsplit("-", 1)[0]], cache_dir / "adapters" / shapes / n) for n in names}
+    synthetic = {n: (rank_of[n.rsplit("-", 1)[0]], cache_dir / "adapters" / shapes / n) for n in names}
     return Assets(
         model=str(model_dir),
-        adapters={n: str(path) for n, (_, path) in pending.items()},
+        adapters={n: str(path) for n, (_, path) in synthetic.items()},
         max_rank=max(rank_of.values()),
-        pending=pending,
+        synthetic=synthetic,
         config=config,
     )
 

@@ -71,6 +71,22 @@ def test_adapter_names_follow_slora_get_adapter_dirs():
     assert names == [f"{s}-0" for s in sources] + ["dummy-lora-7b-rank-64-1", "dummy-lora-7b-rank-32-1"]
 
 
+def test_suites_hold_the_papers_configurations_and_scale_their_duration():
+    from benchmarks.run_exp import configs, parse_args
+
+    fair = [c for _, c in configs(parse_args(["--fair", "--duration-scale", "0.1"]))]
+    assert len(fair) == 12 and {(c.num_adapters, c.alpha) for c in fair} == {
+        (n, a) for n in (10, 50, 100) for a in (0.1, 0.2, 0.5, 1)}
+    assert {(c.req_rate, c.cv, c.duration, c.input_range, c.output_range) for c in fair} == {
+        (2, 1, 30.0, (8, 512), (8, 512))}
+    (debug,) = configs(parse_args(["--debug"]))
+    assert debug == ("debug", TraceConfig(8, 0.1, 2, 1, 30, (8, 256), (8, 256)))
+    sweep = configs(parse_args(["--suite", "rate-sweep", "--alphas", "0.1", "1", "--num-adapters", "50",
+                                "--lengths", "8", "128"]))
+    assert [(s, c.num_adapters, c.alpha, c.input_range) for s, c in sweep] == [
+        ("rate-sweep", 50, 0.1, (8, 128)), ("rate-sweep", 50, 1, (8, 128))]
+
+
 # ---- metrics ----------------------------------------------------------------------------------------------
 
 
@@ -134,6 +150,9 @@ def _mock_generate(request: httpx.Request) -> httpx.Response:
     body = json.loads(request.content)
     if body["adapter"] == "busy":
         return httpx.Response(429, headers={"retry-after": "3"}, json={"error": {"message": "queue full"}})
+    if not body["stream"]:
+        return httpx.Response(200, json={"token_ids": [5, 6], "text": "ab", "finish_reason": "length", "worker": 1,
+                                         "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
     if body["adapter"] == "old":  # servers before the delta contract: everything so far on every line
         lines = [{"token_ids": [5], "text": "a", "finished": False},
                  {"token_ids": [5, 5, 6], "text": "aab", "finished": True, "finish_reason": "length",
@@ -162,11 +181,12 @@ def test_client_records_deltas_errors_in_the_stream_and_429s():
     assert old.ok and old.token_ids == [5, 5, 6] and old.text == "aab" and old.chunk_tokens == [1, 2]
 
 
-def test_client_keeps_concurrency_in_flight():
+def test_client_keeps_concurrency_in_flight_and_reads_whole_answers():
     requests = [LoadRequest([1], "x-0", 3) for _ in range(5)]
-    records = asyncio.run(run_load("http://mock", requests, concurrency=2, progress=False,
+    records = asyncio.run(run_load("http://mock", requests, concurrency=2, stream=False, progress=False,
                                    transport=httpx.MockTransport(_mock_generate)))
     assert [r.index for r in records] == list(range(5)) and all(r.ok for r in records)
+    assert all(r.token_ids == [5, 6] and r.first_token_time is None and r.worker == 1 for r in records)
     with pytest.raises(ValueError):
         asyncio.run(run_load("http://mock", requests, progress=False))
 
@@ -190,6 +210,7 @@ def test_s1_dummy_on_cuda_builds_the_app_args_without_writing_anything(tmp_path)
     assert (app.load_format, app.device, app.dtype, app.mode, app.num_kv_tokens) == (
         "dummy", "cuda", "bfloat16", "slora", 10000)
     assert (app.workers.num_replicas, app.workers.num_gpus, app.max_lora_rank) == (1, 1, 8)
+    assert app.ingress_max_ongoing == 1024 + app.max_waiting == 1024 + 4096  # queues as S-LoRA does: no 503s
     assert not any(tmp_path.iterdir())  # planning writes nothing; assets.write() does
     fair = build_app_args(parse_args(["--model-setting", "S2", "--dummy", "--fair_strategy", "--num-adapter", "5",
                                       "--device", "cpu", "--scheduler", "vtc", "--fair-weights", "2", "1"]),
@@ -228,6 +249,22 @@ def test_demo_copies_point_at_the_demo_adapters_cyclically(tmp_path):
     assert list(assets.adapters)[:7] == [f"adapter-{i}-0" for i in range(6)] + ["adapter-0-1"]
     assert Path(assets.adapters["adapter-0-1"]) == Path(assets.adapters["adapter-0-0"])
     assert assets.model is None and assets.demo_dir == str(tmp_path)
+
+
+def test_real_setting_serves_each_adapter_directory_under_several_names(demo):
+    source = demo.adapters["adapter-2"]  # rank 16 in the test demo (tests/conftest.py)
+    assets = plan_assets("Real", 3, model=str(demo.model_dir), adapter_dirs=[str(source)])
+    assert assets.adapters == {f"adapter-2-{i}": str(source.resolve()) for i in range(3)}
+    assert (assets.model, assets.max_rank) == (str(demo.model_dir), 16)
+    with pytest.raises(ValueError, match="--adapter-dir"):
+        plan_assets("Real", 3, model=str(demo.model_dir))
+
+
+def test_launch_server_runs_as_a_script_from_benchmarks_and_as_a_module(tmp_path):
+    for cwd, command in ((BENCHMARKS, ["launch_server.py"]), (tmp_path, ["-m", "benchmarks.launch_server"])):
+        shown = subprocess.run([sys.executable, *command, "--help"], cwd=cwd, capture_output=True, text=True,
+                               timeout=120)
+        assert shown.returncode == 0 and "--fair_strategy" in shown.stdout, shown.stderr
 
 
 def test_plot_exp_writes_every_plot_next_to_the_results(tmp_path):
@@ -276,17 +313,19 @@ RESULT_FIELDS = {
     "num_requests", "completed", "failed", "num_429", "error_samples", "output_tokens", "output_tokens_per_s",
     "total_tokens_per_s", "ttft_p50", "ttft_p90", "ttft_p99", "inter_token_latency_p50", "inter_token_latency_p99",
     "per_token_latency_p50", "per_token_latency_p99", "short_outputs", "ttfts", "hot_timeline", "service",
+    "completion_pace",
 }
 CONFIG_FIELDS = {
     "num_adapters", "alpha", "req_rate", "cv", "duration", "input_range", "output_range", "suite", "seed",
     "duration_scale", "num_requests", "model_setting", "mode", "server", "base_model", "max_model_len",
-    "num_workers", "served_adapters", "scheduling_policy", "device", "dtype", "server_args", "client_host", "python",
-    "started_utc", "slo_s", "git_commit", "versions",
+    "num_workers", "served_adapters", "scheduling_policy", "device", "device_names", "dtype", "server_args",
+    "client_host", "python", "started_utc", "slo_s", "git_commit", "versions",
 }
 
 
 @pytest.mark.ray
 def test_launch_server_and_run_exp_debug_complete_every_request_and_leave_no_ray_process(tmp_path):
+    pytest.importorskip("ray")  # the GPU machine's Python may have none
     port, log = _free_port(), tmp_path / "server.log"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     command = [sys.executable, "launch_server.py", "--fair_strategy", "--num-adapter", "8", "--num-token", "4000",
@@ -300,8 +339,8 @@ def test_launch_server_and_run_exp_debug_complete_every_request_and_leave_no_ray
         assert "mode fair" in ready and "8 adapters" in ready
         results = tmp_path / "results.jsonl"
         run = subprocess.run([sys.executable, "run_exp.py", "--debug", "--model-setting", "Demo", "--duration-scale",
-                              "0.2", "--server", f"http://127.0.0.1:{port}", "--output", str(results), "--mode", "fair"],
-                             cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=120)
+                              "0.2", "--server", f"http://127.0.0.1:{port}", "--output", str(results),
+                              "--mode", "fair"], cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr[-3000:]
     finally:
         if proc.poll() is None:  # Ray's processes, while they are still the server's descendants

@@ -13,7 +13,7 @@ from fair_lora.engine.scheduler import Scheduler
 from fair_lora.engine.sequence import Sequence, SequenceStatus
 from fair_lora.errors import AdapterPoolFullError
 from fair_lora.outputs import RequestTimes
-from tests.engine_helpers import make_engine
+from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, request_mix
 
 
 class FakePool:
@@ -58,8 +58,9 @@ def make_seq(request_id: str, adapter: str | None, prompt_len: int = 8, max_toke
 
 def make_scheduler(policy=None, pool=None, num_blocks: int = 64, block_size: int = 4, max_num_seqs: int = 8,
                    max_num_batched_tokens: int = 256) -> Scheduler:
-    return Scheduler(BlockManager(num_blocks, block_size), policy or FCFSPolicy(), pool or FakePool(),
-                     max_num_seqs, max_num_batched_tokens)
+    policy = FCFSPolicy() if policy is None else policy  # not `or`: a policy with an empty queue is falsy
+    return Scheduler(BlockManager(num_blocks, block_size), policy, pool or FakePool(), max_num_seqs,
+                     max_num_batched_tokens)
 
 
 def run_step(scheduler: Scheduler) -> list[Sequence]:
@@ -129,7 +130,8 @@ def test_busy_adapter_slots_do_not_block_the_queue():
     running = make_seq("a-0", "a", max_tokens=3, arrival=0)
     scheduler.add(running)
     assert run_step(scheduler) == [running]
-    blocked, behind, base = make_seq("b-0", "b", arrival=1), make_seq("a-1", "a", arrival=2), make_seq("x", None, arrival=3)
+    blocked, behind = make_seq("b-0", "b", arrival=1), make_seq("a-1", "a", arrival=2)
+    base = make_seq("x", None, arrival=3)
     for seq in (blocked, behind, base):
         scheduler.add(seq)
     assert run_step(scheduler) == [behind, base]  # b has no slot (a pins it): skipped, not a barrier
@@ -205,6 +207,22 @@ def test_prefetched_slot_holds_the_adapter_and_is_evictable_until_pinned(pool):
     assert set(pool.slot_of) == {"adapter-2", "adapter-3"} and pool.pins["adapter-2"] == 1
 
 
+def test_reloaded_slot_holds_exactly_the_new_adapter(pool):
+    pool.prefetch("adapter-2")  # rank 16 on all seven projections
+    pool.prefetch("adapter-3")
+    pool.prefetch("adapter-1")  # rank 8 on q and v only, into adapter-2's slot: its larger rows must go
+    slot, adapter = pool.slot_of["adapter-1"], pool.get("adapter-1")
+    assert slot == 0 and pool.get("adapter-2").rank > adapter.rank
+    for path, linear in pool.linears.items():
+        a, b = adapter.weights.get(path, (None, None))
+        r = 0 if a is None else adapter.rank
+        expected_a, expected_b_t = torch.zeros_like(linear.slots.a[slot]), torch.zeros_like(linear.slots.b_t[slot])
+        if r:
+            expected_a[:r], expected_b_t[:r] = a, b.t()
+        assert torch.equal(linear.slots.a[slot], expected_a) and torch.equal(linear.slots.b_t[slot], expected_b_t)
+        assert linear.slots.ranks_host[0][slot] == int(linear.slots.ranks[0, slot]) == r, path
+
+
 def test_pinned_slots_are_never_evicted(pool):
     pool.acquire("adapter-0")
     pool.acquire("adapter-1")
@@ -246,3 +264,14 @@ def test_cuda_slot_load_is_asynchronous_and_complete_before_use(demo):
     adapter = pool.get("adapter-1")
     path, (a, _) = next(iter(adapter.weights.items()))
     assert torch.equal(pool.linears[path].slots.a[slot, : adapter.rank].cpu(), a)
+
+
+@pytest.mark.gpu
+def test_cuda_engine_under_slot_pressure_matches_peft(demo, oracle):
+    # 3 slots, one pinned by the merged adapter: the other five adapters and the base model take turns in two,
+    # each cold one loaded asynchronously while the batch goes on.
+    engine = make_engine(demo, device="cuda", dtype="float32", max_adapter_slots=3)
+    engine.set_hot_adapter("adapter-0")
+    prompts, adapters = zip(*request_mix(demo, repeat=2))
+    outputs = engine.generate(list(prompts), list(adapters), greedy(8))
+    assert_matches_oracle(engine, oracle, outputs, 8)

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from fair_lora.engine.arrival_queue import ArrivalQueue
 from fair_lora.engine.sequence import Sequence
+from fair_lora.engine.vtc import VTCPolicy
 
 
 class SchedulingPolicy(Protocol):
@@ -57,6 +58,9 @@ class FCFSPolicy:
 
 
 def make_policy(name: str, fair_weights: dict[str, float] | None = None) -> SchedulingPolicy:
+    """`fair_weights` (vtc): client -> weight, 1 for clients not named."""
     if name == "fcfs":
         return FCFSPolicy()
-    raise ValueError(f"scheduling_policy {name!r} is unknown; choose one of ['fcfs']")
+    if name == "vtc":
+        return VTCPolicy(fair_weights)
+    raise ValueError(f"scheduling_policy {name!r} is unknown; choose one of ['fcfs', 'vtc']")

@@ -65,13 +65,17 @@ class LoRASlots:
 
     def write(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None, non_blocking: bool = False) -> None:
         """Put one adapter's A [r, H_in] and B [H_out, r] in `slot` of a single projection (a group's `sub`);
-        None clears it (projection not targeted). non_blocking: asynchronous copies from pinned host memory."""
+        None clears it (projection not targeted). non_blocking: asynchronous copies from pinned host memory.
+        Rows past a slot's rank are always zero, so only those an earlier, larger rank used are cleared, and the
+        device's rank is written only when it changes: fewer launches when a slot is reloaded (a cold load)."""
         assert len(self.out_sizes) == 1, "write through sub(j)"
-        self.a[slot].zero_()
-        self.b_t[slot].zero_()
-        r = 0 if a is None else a.shape[0]
+        r, old = (0 if a is None else a.shape[0]), self.ranks_host[0][slot]
+        if old > r:
+            self.a[slot, r:old].zero_()
+            self.b_t[slot, r:old].zero_()
         if r:
             self.a[slot, :r].copy_(a, non_blocking=non_blocking)
             self.b_t[slot, :r].copy_(b.t(), non_blocking=non_blocking)
-        self.ranks[0, slot] = r
-        self.ranks_host[0][slot] = r
+        if old != r:
+            self.ranks[0, slot] = r
+            self.ranks_host[0][slot] = r
