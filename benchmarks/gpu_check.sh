@@ -1,15 +1,29 @@
 #!/usr/bin/env bash
-# One device call: the GPU tests, the correction kernels alone, and step profiles. Logs go to $OUT.
-# Usage (on the GPU machine, repository root): bash benchmarks/gpu_check.sh [tests|kernels|sweep|merge|profile]...
-# (no argument: tests kernels profile). The engine benchmark is its own call: python -m benchmarks.engine_bench.
+# One device call: the GPU tests, serving checks and benchmarks, kernels alone, step profiles. Logs go to $OUT.
+# Usage (on the GPU machine, repository root): bash benchmarks/gpu_check.sh [PART]...
+#   tests       every GPU test (pytest -m gpu)
+#   serve       benchmarks/gpu_serve_check.py: the presets served with random weights (needs .ray-pack, see below)
+#   servebench  benchmarks/serve_bench.py: HTTP against the engine (needs .ray-pack)
+#   e2e         benchmarks/e2e_bench.py: the engine end to end through generate()
+#   kernels | sweep | merge | profile   the correction kernels alone, the expand's tiling, the merge, step profiles
+# (no argument: tests kernels profile). The step benchmark is its own call: python -m benchmarks.engine_bench.
+# Ray is not on the GPU machine: ../shared/tools/pack-ray.sh makes .ray-pack/raysite.tgz; carry .ray-pack.
 set -uo pipefail
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
 out=${OUT:-/tmp/fair_lora_gpu}; mkdir -p "$out"
+if [ -f .ray-pack/raysite.tgz ] && [ ! -d /tmp/raysite/ray ]; then
+  mkdir -p /tmp/raysite && tar xzf .ray-pack/raysite.tgz -C /tmp/raysite
+fi
+[ -d /tmp/raysite/ray ] && export PYTHONPATH=$PWD:/tmp/raysite
 nvidia-smi --query-gpu=name,memory.used,clocks.sm --format=csv,noheader
 parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(tests kernels profile)
 for part in "${parts[@]}"; do
+  echo "== $part $(date +%T)"
   case $part in
-    tests) python -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" | tail -6 ;;
+    tests) python -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" | tail -8 ;;
+    serve) python -m benchmarks.gpu_serve_check 2>&1 | tee "$out/gpu_serve_check.log" | grep -v '^{' | tail -12 ;;
+    servebench) python -m benchmarks.serve_bench --out "$out" ${SERVE_BENCH_ARGS:-} 2>&1 | tee "$out/serve_bench.log" | grep '^  \|^|' ;;
+    e2e) python -m benchmarks.e2e_bench --out "$out" 2>&1 | tee "$out/e2e_bench.log" | tail -30 ;;
     kernels) python -m benchmarks.correction_bench 2>&1 | tee "$out/correction_bench.log" | grep '^|' ;;
     sweep)  # the grouped expand's tiling (~2 min): pick from the per-step summary at the end
       python -m benchmarks.correction_bench --batches 32,128 --mixes 1,2 --iters 30 \
