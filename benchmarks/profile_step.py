@@ -65,9 +65,9 @@ def main() -> None:
         batch = timed("prepare", lambda: engine.runner.prepare(out.scheduled, slots, engine.pool.slot_scales, hot), phases)
         timed("runner.run", lambda: engine.runner.run(out.scheduled, slots, engine.pool.slot_scales, hot), phases)
         timed("model eager", lambda: engine.model(*batch), phases)
-    for key, entry in (engine.runner.graphs.graphs.items() if engine.runner.graphs else ()):
+    for key, graph in (engine.runner.graphs.graphs.items() if engine.runner.graphs else ()):
         for _ in range(steps):
-            timed(f"graph replay {key}", entry.graph.replay, phases)
+            timed(f"graph replay {key}", graph.replay, phases)
     print(json.dumps({k: round(v / steps, 3) for k, v in phases.items()}, indent=1))
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(3):

@@ -61,9 +61,12 @@ def run_warm_up(engine) -> None:
     for choice in hot_choices:
         engine.set_hot_adapter(choice)
         _prefills(engine, adapters)
-        _decode_buckets(engine, adapters)
     if engine.hot_switch.merger is not None:
         engine.set_hot_adapter(hot)
+    graphs = engine.runner.graphs
+    if graphs is not None:
+        hot_slots = (None, 1) if engine.hot_switch.merger is not None else (None,)
+        graphs.capture_all(engine.pool.slot_scales, hot_slots)
     engine.window = engine.hot_switch.window = window
     engine.hot_switch.switches[:] = switches
     engine.hot_switch.policy_choice = None
@@ -82,16 +85,3 @@ def _prefills(engine, adapters: list[str]) -> None:
     for num_seqs, length in shapes:
         prompts = [[(7 * i + j) % (vocab - 1) + 1 for j in range(length)] for i in range(num_seqs)]
         engine.generate(prompts, _adapter_cycle(adapters, num_seqs), SamplingParams(max_tokens=1, ignore_eos=True))
-
-
-def _decode_buckets(engine, adapters: list[str]) -> None:
-    graphs = engine.runner.graphs
-    if graphs is None:
-        return
-    params = SamplingParams(max_tokens=2, ignore_eos=True)
-    vocab = engine.model.args.vocab_size
-    for size in graphs.buckets:
-        prompts = [[i % (vocab - 1) + 1, 2, 3] for i in range(size)]
-        engine.generate(prompts, [None] * size, params)  # no correction, or the hot subtraction alone
-        if adapters:
-            engine.generate(prompts, _adapter_cycle(adapters, size), params)
