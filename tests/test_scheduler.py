@@ -243,9 +243,12 @@ def test_merged_adapter_keeps_its_slot_under_slot_pressure(demo):
     assert sum(engine.pool.pins.values()) == 1
 
 
+SMALL_CUDA = dict(num_kv_blocks=64, warmup=False)  # a small cache, not 90% of the device; slots start cold
+
+
 @pytest.mark.gpu
 def test_cuda_slot_load_is_asynchronous_and_complete_before_use(demo):
-    engine = make_engine(demo, mode="slora", max_adapter_slots=2, device="cuda")
+    engine = make_engine(demo, mode="slora", max_adapter_slots=2, device="cuda", **SMALL_CUDA)
     pool = engine.pool
     assert all(a.is_pinned() and b.is_pinned() for ad in pool.adapters.values() for a, b in ad.weights.values())
     pool.prefetch("adapter-0")
@@ -270,7 +273,7 @@ def test_cuda_slot_load_is_asynchronous_and_complete_before_use(demo):
 def test_cuda_engine_under_slot_pressure_matches_peft(demo, oracle):
     # 3 slots, one pinned by the merged adapter: the other five adapters and the base model take turns in two,
     # each cold one loaded asynchronously while the batch goes on.
-    engine = make_engine(demo, device="cuda", dtype="float32", max_adapter_slots=3)
+    engine = make_engine(demo, device="cuda", dtype="float32", max_adapter_slots=3, **SMALL_CUDA)
     engine.set_hot_adapter("adapter-0")
     prompts, adapters = zip(*request_mix(demo, repeat=2))
     outputs = engine.generate(list(prompts), list(adapters), greedy(8))
