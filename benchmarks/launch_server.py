@@ -160,7 +160,7 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("fair_lora server: shutting down", file=sys.stderr, flush=True)
         ours.snapshot()
-        shutdown(APP_NAME)
+        shutdown()
         ours.reap()
 
 
@@ -204,22 +204,15 @@ class RayProcesses:
         psutil.wait_procs(alive, timeout=grace_s)
 
 
-def shutdown(app_name: str) -> None:
+def shutdown() -> None:
     import ray
     from ray import serve
-
-    from deployments.popularity_actor import NAMESPACE, actor_name
 
     # serve.shutdown waits on the raylet forever once it is dead: past the replicas' graceful shutdown, give up
     # on it (ray.shutdown and the reaping still stop everything).
     thread = threading.Thread(target=serve.shutdown, daemon=True)
     thread.start()
     thread.join(SERVE_SHUTDOWN_TIMEOUT_S)
-    if not thread.is_alive():
-        try:  # the popularity actor is detached: serve.shutdown leaves it running
-            ray.kill(ray.get_actor(actor_name(app_name), namespace=NAMESPACE), no_restart=True)
-        except ValueError:
-            pass
     ray.shutdown()
 
 

@@ -67,16 +67,9 @@ class LocalService:
         raise TimeoutError(f"the app did not answer within {READY_TIMEOUT_S:.0f} s")
 
     def _undeploy(self) -> None:
-        import ray
         from ray import serve
 
-        from deployments.popularity_actor import NAMESPACE, actor_name
-
         serve.delete(APP)
-        try:  # detached: it outlives the app unless ended
-            ray.kill(ray.get_actor(actor_name(APP), namespace=NAMESPACE), no_restart=True)
-        except ValueError:
-            pass
 
     def __exit__(self, *exc) -> None:
         import ray

@@ -1,4 +1,4 @@
-"""The Ray Serve shell around fair_lora: ingress, popularity actor, router and LoRA workers."""
+"""The Ray Serve shell around fair_lora: ingress, popularity tracker, router and LoRA workers."""
 from deployments.app_args import AppArgs
 from deployments.app_builder import AppArgsError, build_app
 

@@ -48,9 +48,9 @@ class ReplicaArgs(_Strict):
 class RoutingArgs(_Strict):
     stats_period_s: PositiveFloat = 0.5  # how often each worker's hot adapter and queue reach the router
     imbalance_threshold: PositiveInt | None = None  # prefer a hot worker unless it is this much busier; None: max_num_seqs
-    flush_s: PositiveFloat = 0.1  # ingress -> popularity actor
-    assignment_poll_s: PositiveFloat = 0.25  # worker -> popularity actor
-    actor_timeout_s: PositiveFloat = 1.0
+    flush_s: PositiveFloat = 0.1  # ingress -> popularity tracker
+    assignment_poll_s: PositiveFloat = 0.25  # worker -> popularity tracker
+    tracker_timeout_s: PositiveFloat = 1.0
 
 
 class AppArgs(_Strict):

@@ -8,6 +8,7 @@ from deployments.app_args import AppArgs
 from deployments.hot_adapter_router import HotAdapterRouter
 from deployments.ingress import Ingress
 from deployments.lora_worker import LoRAWorker
+from deployments.popularity_tracker import PopularityTracker
 
 
 class AppArgsError(ValueError):
@@ -34,6 +35,11 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         request_routing_stats_timeout_s=max(routing.stats_period_s, 1.0),
     )
     logging = {"enable_access_log": app_args.access_log}  # Serve's own line per request: off unless asked
+    # The app's own deployment, so the app owns it: removed with the app, replaced (from these settings) if it dies.
+    tracker = serve.deployment(PopularityTracker).options(
+        num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000, health_check_period_s=2.0,
+        logging_config=logging,
+    ).bind(app_args.popularity.config())
     workers = serve.deployment(LoRAWorker).options(
         num_replicas=app_args.workers.num_replicas,
         ray_actor_options={"num_cpus": app_args.workers.num_cpus, "num_gpus": app_args.workers.num_gpus},
@@ -52,4 +58,4 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         max_queued_requests=app_args.ingress_max_queued,  # bounds the proxy's queue in front of the ingress
         logging_config=logging,
     )
-    return ingress.bind(app_args, workers.bind(app_args))
+    return ingress.bind(app_args, workers.bind(app_args, tracker), tracker)

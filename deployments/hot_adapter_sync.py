@@ -1,4 +1,4 @@
-"""A worker's side of the cluster-wide plan: every poll it reports its state to the popularity actor, loads
+"""A worker's side of the cluster-wide plan: every poll it reports its state to the popularity tracker, loads
 the adapters its peers got at runtime (a replaced worker catches up), and merges the adapter assigned to it."""
 import asyncio
 import logging
@@ -38,14 +38,14 @@ class HotAdapterSync:
             try:
                 await self.sync()
             except Exception:  # noqa: BLE001 - the next poll retries; serving never depends on this loop
-                logger.exception("worker %d: syncing with the popularity actor failed", self.worker.rank)
+                logger.exception("worker %d: syncing with the popularity tracker failed", self.worker.rank)
 
     async def sync(self) -> None:
         w = self.worker
         report = WorkerReport(w.rank, w.world_size, w.hot_adapter, w.queue, dict(w.runtime_adapters))
         assignment: Assignment | None = await self.link.call("sync_worker", report)
         if assignment is None:
-            return  # actor unreachable: keep the current merge, routing keeps following what we report
+            return  # tracker unreachable: keep the current merge, routing keeps following what we report
         await self._catch_up(assignment.runtime_adapters)
         if assignment.planned and self.merges:
             await self._apply(assignment.hot_adapter)

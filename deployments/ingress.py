@@ -1,6 +1,6 @@
 """The HTTP front: OpenAI-compatible completions and chat (SSE streaming or not), /v1/models, /generate
 (NDJSON streaming), vLLM's adapter load/unload, /health and /stats. It counts adapters for the popularity
-actor and hands each request to the worker deployment, whose router picks the worker."""
+tracker and hands each request to the worker deployment, whose router picks the worker."""
 import asyncio
 import json
 import time
@@ -40,7 +40,7 @@ from deployments.worker_fleet import WorkerFleet
 from deployments.worker_protocol import Completion, Delta, GenerateRequest
 
 ADMIN_TIMEOUT_S = 60.0  # adapter loads read weights from disk on every worker
-STATS_ACTOR_WAIT_S = 2.0  # /stats answers without the popularity part rather than wait for a restarting actor
+STATS_TRACKER_WAIT_S = 2.0  # /stats answers without the popularity part rather than wait for a restarting tracker
 # serve.ingress copies the class when it is decorated: module globals it uses must be defined above it.
 
 def _generate_body(request: GenerateRequest, result: Result) -> dict:
@@ -103,12 +103,12 @@ app.add_exception_handler(Exception, unexpected_error_handler)  # a bug: answere
 
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, args: AppArgs, workers: DeploymentHandle) -> None:
+    def __init__(self, args: AppArgs, workers: DeploymentHandle, tracker: DeploymentHandle) -> None:
         BodyLimit.max_bytes = args.max_request_bytes  # the module-level app's middleware reads it
         self.args = args
         self.workers = workers
         self.base_model = args.base_model_name
-        link = PopularityLink(serve.get_replica_context().app_name, args.popularity.config(), args.routing.actor_timeout_s)
+        link = PopularityLink(tracker, args.routing.tracker_timeout_s)
         self.link = link
         self.feed = PopularityFeed(link, args.routing.flush_s)
         self.fleet = WorkerFleet(workers, link, ADMIN_TIMEOUT_S)
@@ -260,11 +260,11 @@ class Ingress:
 
     @app.get("/stats")
     async def stats(self):
-        popularity = await self.link.call("snapshot", wait_s=STATS_ACTOR_WAIT_S)
+        popularity = await self.link.call("snapshot", wait_s=STATS_TRACKER_WAIT_S)
         return {
             "base_model": self.base_model,
             "args": self.args.model_dump(mode="json"),
-            "popularity_actor": "ok" if popularity is not None else "unavailable",
+            "popularity_tracker": "ok" if popularity is not None else "unavailable",
             "popularity": popularity,
             "workers": await self.fleet.describe(),
         }

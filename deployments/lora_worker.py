@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from deployments.app_args import AppArgs
 from deployments.hot_adapter_sync import HotAdapterSync
@@ -25,19 +26,19 @@ logger = logging.getLogger("ray.serve")
 
 
 class LoRAWorker:
-    async def __init__(self, args: AppArgs) -> None:
+    async def __init__(self, args: AppArgs, tracker: DeploymentHandle) -> None:
         self.args = args
         self.metrics = WorkerMetrics(self.rank)
         self.metrics.set_hot(None)
         self.stats = WorkerStats()
         self.hot_adapter: str | None = None  # as the engine's last step (or switch) reported it
         self.queue = 0  # waiting + running requests after the engine's last step
-        self.runtime_adapters: dict[str, str] = {}  # loaded over HTTP (or caught up from the actor)
+        self.runtime_adapters: dict[str, str] = {}  # loaded over HTTP (or caught up from the tracker)
         self.unloading: set[str] = set()  # between an unload's check and its end: new requests are refused
         self.engine = await AsyncLLMEngine.start(args.engine_config(), self._after_step, args.cpu_threads)
         ready = self.engine.ready
         logger.info("worker %d ready: %s; warm-up %.1f s", self.rank, ready.memory_plan, ready.warmup_seconds)
-        link = PopularityLink(serve.get_replica_context().app_name, args.popularity.config(), args.routing.actor_timeout_s)
+        link = PopularityLink(tracker, args.routing.tracker_timeout_s)
         self.link = link
         self.sync = HotAdapterSync(self, link, args.routing.assignment_poll_s, merges=args.mode == "fair")
         self._sync_task = asyncio.get_running_loop().create_task(self.sync.run_forever())
@@ -200,7 +201,7 @@ class LoRAWorker:
             "worker": self.rank,
             "replica": serve.get_replica_context().replica_tag,
             "runtime_adapters": dict(self.runtime_adapters),
-            "popularity_actor_reachable": self.link.available,
+            "popularity_tracker_reachable": self.link.available,
         }
 
     async def check_health(self) -> None:

@@ -1,4 +1,4 @@
-"""What the ingress, the workers and the popularity actor send each other (plain dataclasses, pickled by Ray)."""
+"""What the ingress, the workers and the popularity tracker send each other (plain dataclasses, pickled by Ray)."""
 from dataclasses import dataclass, field
 
 from fair_lora.errors import FairLoRAError
@@ -71,7 +71,7 @@ class Completion:
 
 @dataclass
 class WorkerReport:
-    """A worker's state, sent to the popularity actor with every assignment poll."""
+    """A worker's state, sent to the popularity tracker with every assignment poll."""
 
     rank: int
     world_size: int
@@ -83,5 +83,5 @@ class WorkerReport:
 @dataclass
 class Assignment:
     hot_adapter: str | None
-    planned: bool  # False: the actor has seen too little traffic since it started; keep what you have
+    planned: bool  # False: the tracker has seen too little traffic since it started; keep what you have
     runtime_adapters: dict[str, str]  # every worker should hold these, so a replaced worker catches up

@@ -33,6 +33,10 @@ class AdapterPoolFullError(AdapterError):
     """Every device slot holds an adapter that running requests need; retry when some finish."""
 
 
+class HotSwitchError(FairLoRAError):
+    """Merging the hot adapter failed part-way; the base weights were restored and nothing is merged."""
+
+
 class ModelFormatError(FairLoRAError):
     """The model directory is missing files, holds pickle weights only, or has an unsupported architecture."""
 

@@ -113,16 +113,9 @@ def _ready(app: App) -> bool:
 
 
 def undeploy(app: App) -> None:
-    import ray
     from ray import serve
 
-    from deployments.popularity_actor import NAMESPACE, actor_name
-
-    serve.delete(app.name)
-    try:  # the actor is detached: it outlives the app unless we end it
-        ray.kill(ray.get_actor(actor_name(app.name), namespace=NAMESPACE), no_restart=True)
-    except ValueError:
-        pass
+    serve.delete(app.name)  # its popularity tracker too: a deployment of the app
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
@@ -168,15 +161,15 @@ def chat_ids(engine, messages: list[dict]) -> list[int]:
     return engine.tokenizer.encode(text, add_special_tokens=False)
 
 
-def worker_replica_actor(app_name: str, replica_tag: str):
-    """The Ray actor of one LoRAWorker replica (to kill it)."""
+def replica_actor(app_name: str, deployment: str, replica_tag: str = ""):
+    """The Ray actor of a replica of `deployment` (the one whose tag is `replica_tag`, if given), to kill it."""
     import ray
 
     for entry in ray.util.list_named_actors(all_namespaces=True):
         name = entry["name"]
-        if name.startswith(f"SERVE_REPLICA::{app_name}#LoRAWorker#") and name.endswith(replica_tag):
+        if name.startswith(f"SERVE_REPLICA::{app_name}#{deployment}#") and name.endswith(replica_tag):
             return ray.get_actor(name, namespace=entry["namespace"])
-    raise AssertionError(f"no replica actor for {app_name}/LoRAWorker/{replica_tag}")
+    raise AssertionError(f"no replica actor for {app_name}/{deployment}/{replica_tag}")
 
 
 @dataclass

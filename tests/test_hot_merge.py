@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from fair_lora import AdapterInUseError, FairLoRAError
+from fair_lora import AdapterInUseError, FairLoRAError, HotSwitchError
 from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, request_mix
 
 
@@ -52,3 +52,32 @@ def test_switch_in_slora_mode_is_refused(demo):
     engine = make_engine(demo, mode="slora")
     with pytest.raises(FairLoRAError, match="never merges"):
         engine.set_hot_adapter("adapter-0")
+
+
+@pytest.mark.parametrize("previous", [None, "adapter-1"], ids=["from-base", "from-another-adapter"])
+def test_a_merge_that_fails_part_way_restores_the_base_and_keeps_serving(demo, oracle, monkeypatch, previous):
+    engine = make_engine(demo)
+    before = base_weights(engine)
+    if previous:
+        engine.set_hot_adapter(previous)
+    import fair_lora.lora.hot_merge as hot_merge
+
+    merged = []
+
+    def failing_merge(weight, pristine, b_t, a, scaling):
+        if len(merged) == 5:  # five projections written, then the device runs out of memory
+            raise torch.OutOfMemoryError("injected")
+        merged.append(weight)
+        return hot_merge.lora_merge_ref(weight, pristine, b_t, a, scaling)
+
+    monkeypatch.setattr(hot_merge, "lora_merge_ref", failing_merge)
+    with pytest.raises(HotSwitchError, match="base weights are restored"):
+        engine.set_hot_adapter("adapter-3")
+    monkeypatch.undo()
+    assert engine.hot_adapter is None and not engine.pool.pins, "a failed merge left a slot pinned"
+    after = base_weights(engine)
+    assert all(torch.equal(before[k], after[k]) for k in before), "a failed merge left weights half-merged"
+    outputs = engine.generate(*zip(*request_mix(demo)), greedy(6))
+    assert_matches_oracle(engine, oracle, outputs, 6)
+    engine.set_hot_adapter("adapter-3")  # and the next switch works
+    assert engine.hot_adapter == "adapter-3"

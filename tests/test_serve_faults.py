@@ -7,7 +7,6 @@ import httpx
 import pytest
 import ray
 
-from deployments.popularity_actor import NAMESPACE, actor_name
 from tests.serve_fixtures import (
     deploy,
     offline,
@@ -16,7 +15,7 @@ from tests.serve_fixtures import (
     stream_completion,
     undeploy,
     wait_for,
-    worker_replica_actor,
+    replica_actor,
 )
 
 pytestmark = pytest.mark.ray
@@ -24,7 +23,11 @@ pytest_plugins = ["tests.serve_fixtures"]
 
 BASE = "fair-lora-demo"
 QUEUE = 4  # max_waiting per worker
-ARGS = {"max_num_seqs": 4, "max_waiting": QUEUE, "routing": {"stats_period_s": 0.2, "flush_s": 0.05, "assignment_poll_s": 0.1}}
+ARGS_POPULARITY_DWELL = 7.0  # not the default: a tracker rebuilt from defaults would not have it
+ARGS = {
+    "max_num_seqs": 4, "max_waiting": QUEUE, "popularity": {"min_dwell_s": ARGS_POPULARITY_DWELL},
+    "routing": {"stats_period_s": 0.2, "flush_s": 0.05, "assignment_poll_s": 0.1},
+}
 # The ingress's handle holds requests it has not routed yet against max_queued_requests (default: max_waiting, 4):
 # six streams sent at once could get a 429 before reaching any worker. Room for them; the burst still overflows.
 WORKERS = {**serve_config_args()["workers"], "max_queued_requests": 16}
@@ -73,17 +76,21 @@ def test_burst_of_ten_times_the_queue_gets_only_200_and_429_and_frees_every_bloc
     wait_for(lambda: idle_and_free(app), timeout=10, what="every KV block to be free after the burst")
 
 
-@pytest.mark.parametrize("restart", [True, False], ids=["actor-restarts", "actor-killed-for-good"])
-def test_killing_the_popularity_actor_mid_stream_loses_no_request(app, offline_engine, restart):
+def test_killing_the_popularity_tracker_mid_stream_loses_no_request_and_serve_rebuilds_it(app, offline_engine):
     bodies = [long_request(i, f"adapter-{i}", 48) for i in range(6)]
-    name = actor_name(app.name)
-    results = streams(app, bodies, lambda: ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=not restart))
+    before = app.stats()["popularity"]["tracker_uptime_s"]
+    results = streams(app, bodies, lambda: ray.kill(replica_actor(app.name, "PopularityTracker"), no_restart=True))
     for body, result in zip(bodies, results):
         assert result.status == 200 and result.done and result.error is None, result
         assert result.text == offline(offline_engine, body["prompt"], body["model"], 48).text
     replies = send_all(app.url, "/v1/completions", [long_request(i, "adapter-0", 4) for i in range(6)], concurrency=3)
     assert all(r.status == 200 for r in replies)
-    wait_for(lambda: app.stats()["popularity_actor"] == "ok", timeout=30, what="the popularity actor to come back")
+    wait_for(lambda: app.stats()["popularity_tracker"] == "ok", timeout=60, what="Serve to replace the tracker")
+    popularity = app.stats()["popularity"]
+    assert popularity["tracker_uptime_s"] < before + 60, "the tracker answering is not a new one"
+    assert popularity["config"]["min_dwell_s"] == ARGS_POPULARITY_DWELL, "the new tracker lost the app's settings"
+    replies = send_all(app.url, "/v1/completions", [long_request(i, "adapter-0", 2) for i in range(4)], concurrency=2)
+    assert all(r.status == 200 for r in replies)
     wait_for(lambda: app.stats()["popularity"]["window"]["total"] > 0, timeout=10, what="the window to refill")
 
 
@@ -96,7 +103,7 @@ def test_killing_a_worker_mid_stream_fails_only_its_requests_and_serve_replaces_
 
     def kill_worker_0() -> None:
         wait_for(lambda: all(w["running"] for w in app.stats()["workers"]), timeout=10, what="both workers busy")
-        ray.kill(worker_replica_actor(app.name, before[0]), no_restart=True)
+        ray.kill(replica_actor(app.name, "LoRAWorker", before[0]), no_restart=True)
 
     results = streams(app, bodies, kill_worker_0)
     failed = [r for r in results if r.error is not None]

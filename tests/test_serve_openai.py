@@ -121,7 +121,7 @@ def test_metrics_are_exported_by_adapter_and_worker(app, ray_cluster):
 
     bodies = [{"model": "adapter-0", "prompt": "metered", "max_tokens": 4} for _ in range(4)]
     assert all(r.status == 200 for r in send_all(app.url, "/v1/completions", bodies, concurrency=4))
-    wait_for(lambda: exported() == set(METRICS), timeout=30, what=f"metrics {METRICS}")
+    wait_for(lambda: exported() == set(METRICS), timeout=30, what=f"metrics {METRICS}: {set(METRICS) - exported()} missing")
     text = ray_cluster.metrics()
     assert re.search(rf'ray_fair_lora_generation_tokens(_total)?{{[^}}]*adapter="adapter-0"[^}}]*worker="[01]"', text)
 

@@ -77,8 +77,10 @@ class EngineCore:
     def _call(self, call: Call) -> Reply:
         try:
             return Reply(call.call_id, CALLS[call.method](self.engine, *call.args))
-        except (FairLoRAError, ValueError, TypeError, KeyError) as error:  # the caller's mistake: it gets it back
+        except FairLoRAError as error:  # the caller's mistake, or a refused change: it gets it back
             return Reply(call.call_id, error=error)
+        except Exception as error:  # noqa: BLE001 - a failed command fails its caller; the next step shows the rest
+            return Reply(call.call_id, error=RuntimeError(f"{call.method} failed in the engine: {error!r}"))
 
     def _step(self) -> StepReport | None:
         outputs = self.engine.step()

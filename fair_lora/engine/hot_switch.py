@@ -3,7 +3,7 @@ import time
 
 import torch
 
-from fair_lora.errors import FairLoRAError
+from fair_lora.errors import FairLoRAError, HotSwitchError
 from fair_lora.lora.adapter_pool import AdapterPool
 from fair_lora.lora.hot_merge import HotMerger
 from fair_lora.popularity import HotAdapterPolicy, PopularityWindow
@@ -19,16 +19,24 @@ class HotSwitch:
         self.switches: list[tuple[str | None, float]] = []  # (new hot adapter, seconds) of every switch
 
     def set(self, name: str | None) -> float:
-        """Merge `name` (None: restore the base weights); returns the switch time in seconds."""
+        """Merge `name` (None: restore the base weights); returns the switch time in seconds. All or nothing:
+        if the merge fails part-way, every weight is restored and nothing is merged (HotSwitchError)."""
         if self.merger is None:
             raise FairLoRAError("mode='slora' never merges an adapter; use mode='fair'")
         if name == self.hot:
             return 0.0
         start = time.perf_counter()
-        if name is None:
-            self.merger.restore()
-        else:
-            self.merger.merge(self.pool.get(name), self.pool.acquire(name))  # pinned while merged
+        slot = self.pool.acquire(name) if name is not None else None  # pinned while merged; may refuse: no change
+        try:
+            if name is None:
+                self.merger.restore()
+            else:
+                self.merger.merge(self.pool.get(name), slot)
+        except Exception as error:  # noqa: BLE001 - half-merged weights would corrupt every later token
+            self._fall_back_to_base(name)
+            raise HotSwitchError(
+                f"merging {name!r} failed ({error!r}); the base weights are restored and nothing is merged"
+            ) from error
         if self.hot is not None:
             self.pool.release(self.hot)
         self.hot = name
@@ -37,6 +45,12 @@ class HotSwitch:
         seconds = time.perf_counter() - start
         self.switches.append((name, seconds))
         return seconds
+
+    def _fall_back_to_base(self, failed: str | None) -> None:
+        self.merger.restore_all()
+        for pinned in {failed, self.hot} - {None}:
+            self.pool.release(pinned)
+        self.hot = None
 
     def slot(self) -> int | None:
         """The merged adapter's device slot, which the correction subtracts."""

@@ -39,6 +39,13 @@ class HotMerger:
         self.merged = adapter
 
     @torch.inference_mode()
+    def restore_all(self) -> None:
+        """Every projection back to its pristine weights, whatever state a failed merge left them in."""
+        for path, linear in self.linears.items():
+            linear.weight.copy_(self.pristine[path])
+        self.merged = None
+
+    @torch.inference_mode()
     def restore(self) -> None:
         if self.merged is None:
             return

@@ -1,48 +1,34 @@
-"""The cluster's popularity window and hot-adapter plan: one named, detached Ray actor per app.
+"""The cluster's popularity window and hot-adapter plan: the one replica of the app's PopularityTracker
+deployment. The app owns it: `serve delete` removes it, and Serve replaces it if it dies, built again from the
+app's popularity settings.
 
 Its state is soft. Ingress replicas feed it request counts; workers poll it for their assignment and report
 their state. After a restart the window refills from new traffic; until it holds `min_requests` requests
-the actor answers `planned=False` and workers keep the adapter they have merged. The planner adopts each
+it answers `planned=False` and workers keep the adapter they have merged. The planner adopts each
 worker's merge from its first report and plans only once every worker has reported (or ADOPTION_WAIT_S has
-passed), so a restarted actor moves only the merges the new window no longer supports. The adapters loaded at
-runtime are rebuilt from the workers' reports, minus those unloaded since the actor started.
+passed), so a restarted tracker moves only the merges the new window no longer supports. The adapters loaded at
+runtime are rebuilt from the workers' reports, minus those unloaded since the tracker started.
 """
 import time
-
-import ray
 
 from deployments.worker_protocol import Assignment, WorkerReport
 from fair_lora.popularity import PopularityConfig, PopularityWindow, WorkerPlanner
 
-NAMESPACE = "fair_lora"
-ADOPTION_WAIT_S = 5.0  # the longest a new actor waits for every worker's first report before it plans anyway
+ADOPTION_WAIT_S = 5.0  # the longest a new tracker waits for every worker's first report before it plans anyway
 
 
-def actor_name(app_name: str) -> str:
-    return f"popularity:{app_name}"
-
-
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
-class PopularityActor:
+class PopularityTracker:
     def __init__(self, config: PopularityConfig) -> None:
-        self._configure(config)
-        self._reports: dict[int, tuple[float, WorkerReport]] = {}
-        self._registered: dict[str, str] = {}  # runtime adapters: name -> path
-        self._unloaded: set[str] = set()  # since this actor started; keeps stale reports from resurrecting them
-        self._started = time.time()
-
-    def _configure(self, config: PopularityConfig) -> None:
         self.config = config
         self._window = PopularityWindow(config)
         self._planner = WorkerPlanner(0, config)
         self._planned = False
         self._adopted: set[int] = set()  # ranks whose merge the planner has taken from their first report
         self._adopting_since = time.time()
-
-    async def configure(self, config: PopularityConfig) -> None:
-        """An app redeployed with other popularity settings takes over an existing actor."""
-        if config != self.config:
-            self._configure(config)
+        self._reports: dict[int, tuple[float, WorkerReport]] = {}
+        self._registered: dict[str, str] = {}  # runtime adapters: name -> path
+        self._unloaded: set[str] = set()  # since this tracker started; keeps stale reports from resurrecting them
+        self._started = time.time()
 
     async def record(self, counts: dict[str | None, int]) -> None:
         self._window.merge_counts(counts)
@@ -55,7 +41,7 @@ class PopularityActor:
         if report.world_size != len(self._planner.current):
             self._planner.resize(report.world_size)
         if report.rank not in self._adopted and report.rank < report.world_size:
-            # A worker this actor has never answered holds what an earlier actor (or nobody) assigned: the
+            # A worker this tracker has never answered holds what an earlier one (or nobody) assigned: the
             # planner starts from that.
             self._planner.adopt(report.rank, report.hot_adapter)
             self._adopted.add(report.rank)
@@ -88,7 +74,8 @@ class PopularityActor:
             "shares": self._window.shares(),
             "plan": self._planner.current,
             "planned": self._planned,
-            "actor_uptime_s": now - self._started,
+            "tracker_uptime_s": now - self._started,
+            "config": vars(self.config),
             "workers": {
                 rank: {"hot_adapter": r.hot_adapter, "queue": r.queue, "report_age_s": now - at}
                 for rank, (at, r) in sorted(self._reports.items())
