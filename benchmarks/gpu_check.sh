@@ -14,15 +14,16 @@ out=${OUT:-/tmp/fair_lora_gpu}; mkdir -p "$out"
 if [ -f .ray-pack/raysite.tgz ] && [ ! -d /tmp/raysite/ray ]; then
   mkdir -p /tmp/raysite && tar xzf .ray-pack/raysite.tgz -C /tmp/raysite
 fi
-[ -d /tmp/raysite/ray ] && export PYTHONPATH=$PWD:/tmp/raysite
+with_ray=$PWD; [ -d /tmp/raysite/ray ] && with_ray=$PWD:/tmp/raysite  # only for the parts that start Ray: the
+# test collection must not see Ray there, or it collects the Ray tests, whose HTTP clients the machine lacks
 nvidia-smi --query-gpu=name,memory.used,clocks.sm --format=csv,noheader
 parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(tests kernels profile)
 for part in "${parts[@]}"; do
   echo "== $part $(date +%T)"
   case $part in
     tests) python -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" | tail -8 ;;
-    serve) python -m benchmarks.gpu_serve_check 2>&1 | tee "$out/gpu_serve_check.log" | grep -v '^{' | tail -12 ;;
-    servebench) python -m benchmarks.serve_bench --out "$out" ${SERVE_BENCH_ARGS:-} 2>&1 | tee "$out/serve_bench.log" | grep '^  \|^|' ;;
+    serve) PYTHONPATH=$with_ray python -m benchmarks.gpu_serve_check ${SERVE_CHECK_ARGS:-} 2>&1 | tee "$out/gpu_serve_check.log" | grep -v '^{' | tail -12 ;;
+    servebench) PYTHONPATH=$with_ray python -m benchmarks.serve_bench --out "$out" ${SERVE_BENCH_ARGS:-} 2>&1 | tee "$out/serve_bench.log" | grep '^  \|^|' ;;
     e2e) python -m benchmarks.e2e_bench --out "$out" 2>&1 | tee "$out/e2e_bench.log" | tail -30 ;;
     kernels) python -m benchmarks.correction_bench 2>&1 | tee "$out/correction_bench.log" | grep '^|' ;;
     sweep)  # the grouped expand's tiling (~2 min): pick from the per-step summary at the end
