@@ -50,11 +50,12 @@ def build_engine(
 ) -> tuple[LLMEngine, dict, list[LoRAAdapter]]:
     """The engine, its start-up record, and the in-memory adapters (created on this engine when `adapters` is
     None, then shared read-only with later engines)."""
+    creates = adapters is None
     with CompileCounter() as compiles:
         start = time.perf_counter()
         engine = LLMEngine(engine_config(s, mode, model_dir))
         constructed = time.perf_counter()
-        if adapters is None:
+        if creates:
             add_adapters(engine, (s.rank,) * s.num_adapters)
             adapters = [engine.pool.get(name) for name in engine.adapters()] if s.num_adapters else []
         else:
@@ -67,6 +68,7 @@ def build_engine(
         "seconds": ready - start,
         "constructor_s": constructed - start,
         "add_adapters_s": added - constructed,
+        "created_adapters": creates,  # add_adapters_s includes drawing them and pinning their host copies
         "warmup_s": engine.warmup_seconds,
         "triton_compiles": compiles.count,
         "graphs_captured": graphs_captured(engine),

@@ -17,40 +17,43 @@ TARGETS = (  # key, what it is, goal (value >= goal)
 )
 RATIO_KEYS = ("fair_over_slora_alpha0.02", "fair_over_base_alpha0.02", "fair_over_slora_alpha1",
               "slora_over_base_alpha1", "gpu_busy_decode", "cold_over_warm")
+PAIRS = {  # ratio -> (mode, alpha) over (mode, alpha), warm tokens/s
+    "fair_over_slora_alpha0.02": (("fair", 0.02), ("slora", 0.02)),
+    "fair_over_base_alpha0.02": (("fair", 0.02), ("base", None)),
+    "fair_over_slora_alpha1": (("fair", 1.0), ("slora", 1.0)),
+    "slora_over_base_alpha1": (("slora", 1.0), ("base", None)),
+}
 
 
-def _warm(configs: list[dict], mode: str, alpha: float | None) -> float | None:
-    found = [c for c in configs if c["mode"] == mode and c["alpha"] == alpha and c["lengths"] == RATIO_WORKLOAD]
-    return found[0]["passes"]["warm"]["tokens_per_s"] if found else None
+def ratios(configs: list[dict]) -> dict[str, float | None]:
+    return {key: value for key, (value, _) in _measured(configs).items()}
 
 
-def _over(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def ratios(configs: list[dict]) -> dict:
-    fixed = [c for c in configs if c["lengths"] == RATIO_WORKLOAD]
-    busy = [c["gpu_busy_decode"]["busy"] for c in fixed if c["gpu_busy_decode"]["busy"] is not None]
-    cold = [c["cold_over_warm"] for c in fixed if c["cold_over_warm"] is not None]
-    out = {
-        "fair_over_slora_alpha0.02": _over(_warm(configs, "fair", 0.02), _warm(configs, "slora", 0.02)),
-        "fair_over_base_alpha0.02": _over(_warm(configs, "fair", 0.02), _warm(configs, "base", None)),
-        "fair_over_slora_alpha1": _over(_warm(configs, "fair", 1.0), _warm(configs, "slora", 1.0)),
-        "slora_over_base_alpha1": _over(_warm(configs, "slora", 1.0), _warm(configs, "base", None)),
-        "gpu_busy_decode": min(busy) if busy else None,
-        "cold_over_warm": min(cold) if cold else None,
-    }
-    assert tuple(out) == RATIO_KEYS
+def targets(configs: list[dict]) -> dict[str, dict]:
+    """Each ratio's target: its value, the goal, met or missed, and the configurations it comes from."""
+    measured, goals = _measured(configs), {key: (what, goal) for key, what, goal in TARGETS}
+    out = {}
+    for key, (value, where) in measured.items():
+        what, goal = goals[key]
+        met = None if value is None else value >= goal
+        status = {None: "not measured", True: "met", False: "missed"}[met]
+        out[key] = {"target": what, "value": value, "goal": f">= {goal}", "met": met, "status": status, "from": where}
     return out
 
 
-def targets(values: dict) -> dict:
-    out = {}
-    for key, what, goal in TARGETS:
-        value = values[key]
-        met = None if value is None else value >= goal
-        status = {None: "not measured", True: "met", False: "missed"}[met]
-        out[key] = {"target": what, "value": value, "goal": f">= {goal}", "met": met, "status": status}
+def _measured(configs: list[dict]) -> dict[str, tuple[float | None, str | None]]:
+    fixed = {(c["mode"], c["alpha"]): c for c in configs if c["lengths"] == RATIO_WORKLOAD}
+    out: dict[str, tuple[float | None, str | None]] = {}
+    for key, (over, under) in PAIRS.items():
+        a, b = fixed.get(over), fixed.get(under)
+        warm = [c["passes"]["warm"]["tokens_per_s"] for c in (a, b) if c]
+        out[key] = (warm[0] / warm[1], f"{a['name']} / {b['name']}") if len(warm) == 2 and warm[1] else (None, None)
+    busy = [(c["gpu_busy_decode"]["busy"], c["name"]) for c in fixed.values()
+            if c["gpu_busy_decode"]["busy"] is not None]
+    cold = [(c["cold_over_warm"], c["name"]) for c in fixed.values() if c["cold_over_warm"] is not None]
+    out["gpu_busy_decode"] = min(busy) if busy else (None, None)
+    out["cold_over_warm"] = min(cold) if cold else (None, None)
+    assert tuple(out) == RATIO_KEYS
     return out
 
 
@@ -73,12 +76,12 @@ def markdown(results: dict) -> str:
         "",
         "## Targets (issue 10; warm passes, fixed lengths, this run)",
         "",
-        "| ratio | target | value | goal | |",
-        "|---|---|---:|---|---|",
+        "| ratio | target | value | goal | | from |",
+        "|---|---|---:|---|---|---|",
     ]
     for key, t in results["targets"].items():
         value = "–" if t["value"] is None else f"{t['value']:.3f}"
-        lines.append(f"| `{key}` | {t['target']} | {value} | {t['goal']} | {t['status']} |")
+        lines.append(f"| `{key}` | {t['target']} | {value} | {t['goal']} | {t['status']} | {t['from'] or '–'} |")
     lines += ["", "## Configurations", ""] + _config_table(results["configs"])
     if results["notes"]:
         lines += ["", "## Notes", "", *(f"- {n}" for n in results["notes"])]
@@ -93,13 +96,13 @@ def _adapters(s: dict) -> str:
 
 def _config_table(configs: list[dict]) -> list[str]:
     lines = [
-        "Tokens/s are output tokens over the pass's wall time. Latencies of the warm pass: TTFT from each request's "
-        "submission, per-token = gap between a request's successive tokens. In passes: Triton compiles / graphs "
-        "captured / adapter slots loaded, cold pass then warm pass.",
+        "Tokens/s are output tokens over the pass's wall time. Latencies and decode steps of the warm pass: TTFT "
+        "from each request's submission, per-token = gap between a request's successive tokens. In passes: Triton "
+        "compiles / graphs captured / adapter slots loaded, cold pass then warm pass.",
         "",
         "| configuration | top share | hot share | start-up s (warm-up) | cold tok/s | warm tok/s | cold/warm | "
-        "TTFT ms p50/p90/p99 | per-token ms p50/p90/p99 | decode busy | switches | in passes |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|",
+        "TTFT ms p50/p90/p99 | per-token ms p50/p90/p99 | decode step ms p50 | decode busy | switches | in passes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|",
     ]
     for c in configs:
         cold, warm, busy = c["passes"]["cold"], c["passes"]["warm"], c["gpu_busy_decode"]["busy"]
@@ -107,8 +110,8 @@ def _config_table(configs: list[dict]) -> list[str]:
             f"| {c['name']} | {c['workload']['top_adapter_share']:.2f} | {warm['hot_share']:.2f} | "
             f"{c['startup']['seconds']:.1f} ({c['startup']['warmup_s']:.1f}) | {cold['tokens_per_s']:,.0f} | "
             f"{warm['tokens_per_s']:,.0f} | {_num(c['cold_over_warm'])} | {_triple(warm['ttft_ms'])} | "
-            f"{_triple(warm['per_token_ms'])} | {_num(busy)} | {cold['switches']}+{warm['switches']} | "
-            f"{_started(cold)}; {_started(warm)} |"
+            f"{_triple(warm['per_token_ms'])} | {_num(warm['decode_step_ms']['p50'])} | {_num(busy)} | "
+            f"{cold['switches']}+{warm['switches']} | {_started(cold)}; {_started(warm)} |"
         )
     return lines
 
