@@ -32,6 +32,7 @@ class ServiceMeter:
     def step(self) -> None:
         scheduler = self.scheduler
         waiting = set(scheduler.waiting)
+        assert len(scheduler.waiting) == len(waiting)  # the policy's count follows its queues
         backlogged = {client_of(s) for s in waiting}
         before = dict(self.service)
         out = scheduler.schedule()

@@ -35,9 +35,10 @@ class VTCPolicy:
         self.queues: dict[Client, ArrivalQueue] = {}  # clients with waiting sequences only
         self.active: Counter[Client] = Counter()  # client -> its waiting + running sequences
         self._charged: set[Sequence] = set()  # admitted at least once: its input is counted
+        self._num_waiting = 0
 
     def __len__(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+        return self._num_waiting
 
     def __iter__(self) -> Iterator[Sequence]:
         for queue in list(self.queues.values()):
@@ -56,9 +57,11 @@ class VTCPolicy:
             self._lift(client)
         self.active[client] += 1
         self.queues.setdefault(client, ArrivalQueue()).add(seq)
+        self._num_waiting += 1
 
     def requeue(self, seq: Sequence) -> None:
         self.queues.setdefault(client_of(seq), ArrivalQueue()).requeue(seq)
+        self._num_waiting += 1
 
     def candidates(self) -> Iterator[Sequence]:
         """The smallest counter's client first, its earliest request first; ties go to the earlier request.
@@ -78,10 +81,7 @@ class VTCPolicy:
 
     def admit(self, seq: Sequence) -> None:
         client = client_of(seq)
-        queue = self.queues[client]
-        queue.remove(seq)
-        if not queue:
-            del self.queues[client]
+        self._dequeue(client, seq)
         if seq not in self._charged:
             self._charged.add(seq)
             self.counters[client] += INPUT_WEIGHT * len(seq.prompt_token_ids) / self.weight(client)
@@ -93,15 +93,19 @@ class VTCPolicy:
 
     def finish(self, seq: Sequence) -> None:
         client = client_of(seq)
-        queue = self.queues.get(client)
-        if queue is not None and seq in queue:
-            queue.remove(seq)
-            if not queue:
-                del self.queues[client]
+        if seq in self:
+            self._dequeue(client, seq)
         self._charged.discard(seq)
         self.active[client] -= 1
         if self.active[client] <= 0:
             del self.active[client]
+
+    def _dequeue(self, client: Client, seq: Sequence) -> None:
+        queue = self.queues[client]
+        queue.remove(seq)
+        self._num_waiting -= 1
+        if not queue:
+            del self.queues[client]
 
     def _lift(self, client: Client) -> None:
         own = self.counters.get(client, 0.0)
