@@ -21,6 +21,7 @@ class SyncedWorker(Protocol):
     queue: int
     runtime_adapters: dict[str, str]
 
+    def service(self) -> dict[str, float]: ...
     async def adapters(self) -> list[str]: ...
     async def load_adapter(self, name: str, path: str) -> FairLoRAError | None: ...
     async def set_hot_adapter(self, name: str | None) -> float: ...
@@ -42,7 +43,7 @@ class HotAdapterSync:
 
     async def sync(self) -> None:
         w = self.worker
-        report = WorkerReport(w.rank, w.world_size, w.hot_adapter, w.queue, dict(w.runtime_adapters))
+        report = WorkerReport(w.rank, w.world_size, w.hot_adapter, w.queue, dict(w.runtime_adapters), w.service())
         assignment: Assignment | None = await self.link.call("sync_worker", report)
         if assignment is None:
             return  # tracker unreachable: keep the current merge, routing keeps following what we report

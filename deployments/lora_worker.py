@@ -13,7 +13,7 @@ from deployments.app_args import AppArgs
 from deployments.hot_adapter_sync import HotAdapterSync
 from deployments.popularity_link import PopularityLink
 from deployments.request_admission import admit
-from deployments.worker_metrics import WorkerMetrics
+from deployments.worker_metrics import WorkerMetrics, adapter_tag
 from deployments.worker_protocol import Admitted, Completion, Delta, Failed, GenerateRequest, Rejected
 from deployments.worker_stats import WorkerStats
 from fair_lora import FairLoRAError
@@ -103,7 +103,10 @@ class LoRAWorker:
                 first = False
             yield delta
         seconds = time.time() - request.arrival
-        self.metrics.finished(request.adapter, len(stream.prompt_token_ids), len(stream.token_ids), seconds)
+        prompt, generated = len(stream.prompt_token_ids), len(stream.token_ids)
+        self.metrics.finished(request.adapter, prompt, generated, seconds)
+        client = request.client or adapter_tag(request.adapter)
+        self.stats.served(client, prompt, generated, self.args.fair_weights.get(client, 1.0))
         if self.args.access_log:
             logger.info(
                 "worker %d: %s adapter=%s prompt=%d generated=%d %s %.3f s", self.rank, request.request_id,
@@ -136,6 +139,9 @@ class LoRAWorker:
         self.stats.step(report)
 
     # ---- adapters and the hot merge (HotAdapterSync calls these) --------------------------------------------
+
+    def service(self) -> dict[str, float]:
+        return dict(self.stats.service)
 
     async def adapters(self) -> list[str]:
         return await self.engine.call("adapters")

@@ -10,6 +10,7 @@ passed), so a restarted tracker moves only the merges the new window no longer s
 runtime are rebuilt from the workers' reports, minus those unloaded since the tracker started.
 """
 import time
+from collections import Counter
 
 from deployments.worker_protocol import Assignment, WorkerReport
 from fair_lora.popularity import PopularityConfig, PopularityWindow, WorkerPlanner
@@ -81,4 +82,13 @@ class PopularityTracker:
                 for rank, (at, r) in sorted(self._reports.items())
             },
             "runtime_adapters": dict(self._registered),
+            "service": self._service(),
         }
+
+    def _service(self) -> dict[str, float]:
+        """Tokens served per client over every worker that has reported (VTC's measure: prompt + 2 × output,
+        over the client's weight): the cluster-wide view of fairness; each engine's VTC enforces it locally."""
+        total: Counter[str] = Counter()
+        for _, report in self._reports.values():
+            total.update(report.service)
+        return dict(total)

@@ -78,6 +78,7 @@ class WorkerReport:
     hot_adapter: str | None
     queue: int  # waiting + running requests
     runtime_adapters: dict[str, str]  # adapters loaded over HTTP after start: name -> path
+    service: dict[str, float] = field(default_factory=dict)  # tokens served per client since the worker started
 
 
 @dataclass

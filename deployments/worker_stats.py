@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from deployments.worker_metrics import adapter_tag
 from fair_lora.engine.core_messages import StepReport
+from fair_lora.engine.vtc import INPUT_WEIGHT as VTC_INPUT_WEIGHT, OUTPUT_WEIGHT as VTC_OUTPUT_WEIGHT
 
 
 @dataclass
@@ -18,12 +19,18 @@ class WorkerStats:
     aborted: int = 0  # requests whose client left before they finished
     stream_messages: int = 0  # Deltas sent to the ingress
     completion_messages: int = 0  # non-streamed requests answered (one message each)
+    # Tokens served per client (X-Client-Id / user, else the adapter), counted as VTC counts them: prompt tokens
+    # + 2 per generated token, divided by the client's weight. Summed over workers by the popularity tracker.
+    service: Counter = field(default_factory=Counter)
 
     def admitted(self, adapter: str | None, hot_adapter: str | None) -> None:
         tag = adapter_tag(adapter)
         self.requests[tag] += 1
         if adapter is not None and adapter == hot_adapter:
             self.hot_requests[tag] += 1
+
+    def served(self, client: str, prompt_tokens: int, generated: int, weight: float) -> None:
+        self.service[client] += (VTC_INPUT_WEIGHT * prompt_tokens + VTC_OUTPUT_WEIGHT * generated) / weight
 
     def step(self, report: StepReport) -> None:
         stats = report.stats
@@ -33,4 +40,5 @@ class WorkerStats:
         self.multi_adapter_steps += stats.num_adapters > 1
 
     def snapshot(self) -> dict:
-        return {**vars(self), "requests": dict(self.requests), "hot_requests": dict(self.hot_requests)}
+        counters = {"requests": dict(self.requests), "hot_requests": dict(self.hot_requests), "service": dict(self.service)}
+        return {**vars(self), **counters}
