@@ -196,9 +196,6 @@ def _read_lines(record: RequestRecord, lines: list[tuple[float, dict]], stream: 
     if not pieces:
         return
     last = next(m for _, m in reversed(lines) if "error" not in m)
-    if _cumulative([ids for _, ids, _ in pieces], (last.get("usage") or {}).get("completion_tokens")):
-        previous = [(0.0, [], ""), *pieces[:-1]]
-        pieces = [(t, ids[len(p[1]):], text[len(p[2]):]) for (t, ids, text), p in zip(pieces, previous)]
     for t, ids, text in pieces:
         record.text += text
         if ids:
@@ -211,13 +208,6 @@ def _read_lines(record: RequestRecord, lines: list[tuple[float, dict]], stream: 
     if last.get("finished"):
         record.finish_reason = last.get("finish_reason")
         record.prompt_tokens = (last.get("usage") or {}).get("prompt_tokens")
-
-
-def _cumulative(line_ids: list[list[int]], completion_tokens: int | None) -> bool:
-    """Servers before the NDJSON delta change repeat everything so far on each line: their last line alone holds
-    all `completion_tokens`, where the lines of a delta stream add up to it."""
-    return (completion_tokens is not None and sum(map(len, line_ids)) != completion_tokens
-            and len(line_ids[-1]) == completion_tokens)
 
 
 def _error_body(raw: bytes) -> dict | str:

@@ -153,11 +153,7 @@ def _mock_generate(request: httpx.Request) -> httpx.Response:
     if not body["stream"]:
         return httpx.Response(200, json={"token_ids": [5, 6], "text": "ab", "finish_reason": "length", "worker": 1,
                                          "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
-    if body["adapter"] == "old":  # servers before the delta contract: everything so far on every line
-        lines = [{"token_ids": [5], "text": "a", "finished": False},
-                 {"token_ids": [5, 5, 6], "text": "aab", "finished": True, "finish_reason": "length",
-                  "usage": {"prompt_tokens": 1, "completion_tokens": 3}}]
-    elif body["adapter"] == "dies":
+    if body["adapter"] == "dies":
         lines = [{"token_ids": [5], "text": "a", "finished": False}, {"error": {"message": "worker failed"}}]
     else:  # the delta contract: new tokens per line, usage on the last
         lines = [{"token_ids": [5], "text": "a", "finished": False, "worker": 0, "hot_adapter": "x-0"},
@@ -168,17 +164,15 @@ def _mock_generate(request: httpx.Request) -> httpx.Response:
 
 
 def test_client_records_deltas_errors_in_the_stream_and_429s():
-    requests = [LoadRequest([1, 2], "x-0", 3), LoadRequest([1], "busy", 3), LoadRequest([1], "dies", 3),
-                LoadRequest([1], "old", 3)]
-    records = asyncio.run(run_load("http://mock", requests, arrivals=[0.0, 0.01, 0.02, 0.03], progress=False,
+    requests = [LoadRequest([1, 2], "x-0", 3), LoadRequest([1], "busy", 3), LoadRequest([1], "dies", 3)]
+    records = asyncio.run(run_load("http://mock", requests, arrivals=[0.0, 0.01, 0.02], progress=False,
                                    transport=httpx.MockTransport(_mock_generate)))
-    ok, busy, dies, old = records
+    ok, busy, dies = records
     assert ok.ok and ok.token_ids == [5, 5, 6] and ok.text == "aab" and ok.chunk_tokens == [1, 2]
     assert (ok.prompt_tokens, ok.finish_reason, ok.hot_adapter, ok.worker) == (2, "length", "x-0", 0)
     assert ok.first_token_time == ok.chunk_times[0] and ok.end_time >= ok.chunk_times[-1] >= ok.send_time
     assert not busy.ok and (busy.status, busy.retry_after, busy.error) == (429, "3", {"message": "queue full"})
     assert not dies.ok and dies.error == {"message": "worker failed"} and dies.output_tokens == 1
-    assert old.ok and old.token_ids == [5, 5, 6] and old.text == "aab" and old.chunk_tokens == [1, 2]
 
 
 def test_client_keeps_concurrency_in_flight_and_reads_whole_answers():
