@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fair_lora.kernels.dot_precision import dot_precision
 from fair_lora.kernels.lora_batch import LoRABatch
 from fair_lora.kernels.lora_slots import LoRASlots
 
@@ -51,7 +52,7 @@ def _b_block(b_t_ptr, slot, rank, n, n_ok, stride_b_slot, stride_b_rank, BLOCK_R
     r = tl.arange(0, BLOCK_R)
     b = tl.load(b_t_ptr + slot * stride_b_slot + r[:, None] * stride_b_rank + n[None, :],
                 mask=(r[:, None] < rank) & n_ok[None, :], other=0.0)
-    return b.to(tl.float32)  # float32 operands: see lora_shrink._precision
+    return b.to(tl.float32)  # float32 operands: see dot_precision.py
 
 
 @triton.jit
@@ -128,5 +129,5 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, slots: LoRASlots, batch: LoRAB
         y.stride(0), v.stride(0), slots.b_t.stride(0), slots.b_t.stride(1),
         *padded, per_sub[0] if len(sizes) > 1 else n_blocks, per_sub[0] + per_sub[1] if len(sizes) > 2 else n_blocks,
         HAS_HOT=batch.hot_slot is not None, BLOCK_E=batch.tile_entries, BLOCK_N=block_n, BLOCK_R=block_r,
-        PRECISION="ieee" if slots.b_t.dtype == torch.float32 else "tf32",
+        PRECISION=dot_precision(slots.b_t.dtype),
     )

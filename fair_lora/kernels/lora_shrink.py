@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fair_lora.kernels.dot_precision import dot_precision
 from fair_lora.kernels.lora_batch import LoRABatch
 from fair_lora.kernels.lora_slots import LoRASlots
 
@@ -49,7 +50,8 @@ def _shrink_kernel(
     r_ok = r - sub * width < rank
     x_rows = x_ptr + t[:, None] * stride_x
     a_rows = a_ptr + slot * stride_a_slot + r[:, None] * stride_a_rank
-    acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)  # not tl.zeros: see _precision
+    # Not tl.zeros: a @jit helper, which breaks in the interpreter when triton was imported before TRITON_INTERPRET.
+    acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)
     k_first = split * k_per_split
     # No work past the slot's rank, nor for an empty tile (the padding of a CUDA-graph bucket).
     active = (r_block * BLOCK_R - sub * width < rank) & (first < end)
@@ -90,14 +92,6 @@ def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Te
         h_in, width, num_rows, num_slots, split_k, triton.cdiv(k_blocks, split_k) * BLOCK_K,
         x.stride(0), slots.a.stride(0), slots.a.stride(1), v.stride(0),
         BLOCK_E=batch.tile_entries, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, ATOMIC=split_k > 1,
-        PRECISION=_precision(x.dtype),
+        PRECISION=dot_precision(x.dtype),
     )
     return v
-
-
-def _precision(dtype: torch.dtype) -> str:
-    """The kernels upcast dot operands to float32: tf32 holds bf16/fp16 values exactly, so 16-bit models lose
-    nothing, and float32 models, the fidelity reference, get exact products. It also keeps them right in
-    Triton's CPU interpreter, which multiplies bf16 operands as raw integers; so does using no @jit helpers
-    of triton.language (tl.zeros), which break there when triton was imported before TRITON_INTERPRET was set."""
-    return "ieee" if dtype == torch.float32 else "tf32"
