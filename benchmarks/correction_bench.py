@@ -55,7 +55,7 @@ def padded(batch, size: int, num_slots: int):
         return torch.cat([t, extra])
 
     return replace(batch, num_tokens=size, token_idx=pad(batch.token_idx, e, 0), scale=pad(batch.scale, e, 0.0),
-                   pair=pad(batch.pair, e, -1), shrink_tiles=pad(batch.shrink_tiles, tiles, 0),
+                   hot_entry_of=pad(batch.hot_entry_of, e, -1), shrink_tiles=pad(batch.shrink_tiles, tiles, 0),
                    expand_tiles=pad(batch.expand_tiles, tiles, 0))
 
 
