@@ -182,7 +182,7 @@ class LLMEngine:
 
     def set_hot_adapter(self, name: str | None) -> float:
         """Merge `name` (None: restore the base weights) between steps; returns the switch time in seconds."""
-        return self.hot_switch.set(name)
+        return self.hot_switch.set_hot(name)
 
     # ---- requests --------------------------------------------------------------------------------------
 
@@ -293,11 +293,11 @@ class LLMEngine:
     def _forward_and_sample(self, scheduled: list[ScheduledSeq]) -> tuple[list[int], list[float]]:
         slots = [self.pool.slot_of[s.seq.adapter] if s.seq.adapter else -1 for s in scheduled]
         logits = self.runner.run(scheduled, slots, self.pool.slot_scales, self.hot_switch.slot())
-        sampling = [s.seq for s in scheduled if s.samples]
+        sampling = [s.seq for s in scheduled if s.samples_next_token]
         return sample(logits, [seq.params for seq in sampling], [seq.generator for seq in sampling])
 
     def _postprocess(self, scheduled: list[ScheduledSeq], tokens: list[int], logprobs: list[float]) -> list[RequestOutput]:
-        sampling = [s.seq for s in scheduled if s.samples]  # before num_computed moves, which `samples` reads
+        sampling = [s.seq for s in scheduled if s.samples_next_token]  # before num_computed moves, which it reads
         for s in scheduled:
             s.seq.num_computed += s.num_new
         outputs = []

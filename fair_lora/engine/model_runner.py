@@ -50,7 +50,7 @@ class ModelRunner:
             token_slots += [adapter_slot] * s.num_new
             query_start.append(query_start[-1] + s.num_new)
             context_lens.append(end)
-            if s.samples:
+            if s.samples_next_token:
                 sample_rows.append(query_start[-1] - 1)
         width = max(len(s.seq.block_table) for s in scheduled)
         tables = [s.seq.block_table + [-1] * (width - len(s.seq.block_table)) for s in scheduled]
