@@ -10,7 +10,7 @@ those is a launch and a pass over y per projection), and the result is determini
 
 B is stored transposed (`LoRASlots.b_t`, [S, R, H_out]): a block of it is r rows contiguous along H_out,
 wide vector loads that are already the dot's [K, N] operand; read from [S, H_out, R] (32-byte rows at rank 16)
-the same kernel ran 2x slower on an H200.
+the same kernel was much slower.
 
 A group of projections of the same input (q/k/v, gate/up: `LoRASlots` with n sub-projections) is one launch
 over the fused output [T, ΣH_out]: its column blocks are numbered through the sub-projections in turn, and a

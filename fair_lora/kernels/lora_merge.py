@@ -1,12 +1,11 @@
 """Triton hot merge: W' = W + s·B·A written in one pass over W (read W, write W'), float32 accumulate.
 
 The merge is memory-bound (rank 16 adds 32 FLOPs per element), so its floor is one read of the pristine W and
-one write of W'. cuBLAS's addmm with K = r reached about a third of the copy bandwidth on an H200 (17 ms for
-the 224 projections of Llama-2-7B, whose floor is ~6 ms): its tiles are shaped for reuse along K, which a
-rank-16 product does not have. Here each program streams one [BLOCK_M, BLOCK_N] tile of W: it loads the r
-rows of Bᵀ and A that tile needs (tiny, L2-resident), forms the product with one tl.dot and adds it to W in
-float32, rounding once. (cuBLAS's bf16 addmm rounds s·B·A to bf16 before the add: up to 256 ulps off the
-exact W' where W and s·B·A nearly cancel; this kernel stays within the float32 accumulation error.)
+one write of W'. cuBLAS's addmm with K = r reaches about a third of the copy bandwidth: its tiles are shaped
+for reuse along K, which a rank-16 product does not have. Here each program streams one [BLOCK_M, BLOCK_N] tile
+of W: it loads the r rows of Bᵀ and A that tile needs (tiny, L2-resident), forms the product with one tl.dot and
+adds it to W in float32, rounding once. (cuBLAS's bf16 addmm rounds s·B·A to bf16 before the add: up to 256
+ulps off the exact W' where W and s·B·A nearly cancel; this kernel stays within the float32 accumulation error.)
 """
 import torch
 import triton
@@ -14,8 +13,8 @@ import triton.language as tl
 
 from fair_lora.kernels.dot_precision import dot_precision
 
-BLOCK_M = 16  # tile of W per program: 16 x 256 streamed best on an H200 (benchmarks/merge_bench.py: 8.3 ms
-BLOCK_N = 256  # for the 224 projections, 73% of copy bandwidth; 64 x 128 took 10-12 ms, addmm 16.7 ms)
+BLOCK_M = 16  # tile of W per program: 16 x 256 streamed best of the tiles swept (benchmarks/merge_bench.py)
+BLOCK_N = 256
 
 
 @triton.jit

@@ -8,12 +8,12 @@ load nothing and only write zeros, and rank-0 slots (projection not targeted) co
 projections of the same x (q/k/v, gate/up) stacks their A along the rank, so one launch computes all their v
 columns; each rank block belongs to one sub-projection (R is a multiple of BLOCK_R) and masks by its rank.
 
-A tile is at most 16-32 rows by 16 rank columns, so one program's dot over all of H_in is a long serial chain
-on one SM: on an H200 a 11008-wide shrink took 30 µs at decode batch 128 that way. So the wrapper splits H_in
-over programs (split-K), each walking at most MAX_K_BLOCKS blocks, more when the grid is small, and they add
-their partial sums into a zeroed v with float32 atomics. Their order is free, so v may differ in the last bit
-between runs; only an H_in of at most MAX_K_BLOCKS blocks gives one split and a deterministic v. The grid
-counts every tile of a CUDA-graph bucket, most of them empty padding; those programs exit at once.
+A tile is at most 16-32 rows by 16 rank columns, so one program's dot over all of H_in would be a long serial
+chain on one SM, the kernel's latency for a wide H_in. So the wrapper splits H_in over programs (split-K), each
+walking at most MAX_K_BLOCKS blocks, more when the grid is small, and they add their partial sums into a zeroed
+v with float32 atomics. Their order is free, so v may differ in the last bit between runs; only an H_in of at
+most MAX_K_BLOCKS blocks gives one split and a deterministic v. The grid counts every tile of a CUDA-graph
+bucket, most of them empty padding; those programs exit at once.
 """
 import torch
 import triton
