@@ -98,7 +98,7 @@ def timed(fn: Callable[[], object], iters: int, device) -> float:
 
 def graph_replay(fn: Callable[[], torch.Tensor], device, repeat: int = 1) -> tuple[Callable[[], object], torch.Tensor]:
     """fn captured `repeat` times in one CUDA graph (after a warm-up that compiles it): (replay, last output).
-    A replay costs ~9 µs on an H200 by itself; time a short kernel with repeat > 1 and divide by it."""
+    A replay has a fixed cost of its own; time a short kernel with repeat > 1 and divide by it."""
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):

@@ -28,7 +28,7 @@ from benchmarks.attention_bench import graph_replay, timed
 SHAPES = {"q/k/v 4096→3×4096": (4096, (4096,) * 3), "o 4096→4096": (4096, (4096,)),
           "gate/up 4096→2×11008": (4096, (11008,) * 2), "down 11008→4096": (11008, (4096,))}
 LAYERS = 32
-REPEAT = 20  # launches per graph replay: a replay's own ~9 µs would otherwise hide short kernels
+REPEAT = 20  # launches per graph replay: a replay's own fixed cost would otherwise hide short kernels
 # (name, share of hot tokens, distinct cold adapters); a hot share of 0 means nothing is merged (slora).
 MIXES = (("1 adapter, none hot", 0.0, 1), ("all distinct, none hot", 0.0, None), ("90% hot, rest distinct", 0.9, None),
          ("8 adapters, one hot", 1 / 8, 7))
@@ -55,7 +55,7 @@ def padded(batch, size: int, num_slots: int):
         return torch.cat([t, extra])
 
     return replace(batch, num_tokens=size, token_idx=pad(batch.token_idx, e, 0), scale=pad(batch.scale, e, 0.0),
-                   pair=pad(batch.pair, e, -1), shrink_tiles=pad(batch.shrink_tiles, tiles, 0),
+                   hot_entry_of=pad(batch.hot_entry_of, e, -1), shrink_tiles=pad(batch.shrink_tiles, tiles, 0),
                    expand_tiles=pad(batch.expand_tiles, tiles, 0))
 
 

@@ -4,6 +4,7 @@ Triton calls `knobs.runtime.jit_post_compile_hook` (triton >= 3.4; `JITFunction.
 a JIT function gets a new compiled variant in this process, whether it was compiled or read from Triton's disk
 cache: both stall the step that needs it. Compiled variants are per process, shared by every engine in it.
 """
+from collections import Counter
 from collections.abc import Callable
 
 from fair_lora import LLMEngine
@@ -16,6 +17,7 @@ class CompileCounter:
     def __init__(self) -> None:
         self.count: int | None = None
         self.hook: str | None = None
+        self.kernels: Counter[str] = Counter()  # compiles per JIT function name
         self._owner, self._attr, self._previous = None, "", None
 
     def __enter__(self) -> "CompileCounter":
@@ -34,6 +36,7 @@ class CompileCounter:
     def _counting(self, previous: Callable | None) -> Callable:
         def hook(*args, **kwargs):
             self.count += 1
+            self.kernels[getattr(kwargs.get("fn"), "name", None) or str(kwargs.get("repr", "?")).split("[")[0]] += 1
             return previous(*args, **kwargs) if previous else None
 
         return hook

@@ -142,7 +142,12 @@ def progress_line(c: dict, kind: str) -> str:
     p = c["passes"][kind]
     return (f"{kind:4} {p['tokens_per_s']:9,.0f} tok/s in {p['wall_s']:.1f} s, TTFT p50 {_num(p['ttft_ms']['p50'])} "
             f"ms, per-token p50 {_num(p['per_token_ms']['p50'])} ms, hot share {p['hot_share']:.2f}, switches "
-            f"{p['switches']}, compiles/graphs/loads {_started(p)}")
+            f"{p['switches']}, compiles/graphs/loads {_started(p)}{_kernels(p)}")
+
+
+def _kernels(p: dict) -> str:
+    kernels = p.get("compiled_kernels") or {}
+    return "; compiled: " + ", ".join(f"{name} ×{n}" for name, n in kernels.items()) if kernels else ""
 
 
 def write_outputs(results: dict, out: Path, stem: str, final: bool) -> dict[str, Path]:

@@ -95,7 +95,7 @@ class Meter:
     def record(self, scheduled, backlogged: set[str], start: float, end: float) -> None:
         gained: dict[str, float] = {}
         for s in scheduled:
-            seq, client, samples = s.seq, client_of(s.seq), s.samples
+            seq, client, samples = s.seq, client_of(s.seq), s.samples_next_token
             done = min(seq.num_computed + s.num_new, len(seq.prompt_token_ids))
             prompt = max(0, done - self.prefilled.get(seq, 0))
             self.prefilled[seq] = self.prefilled.get(seq, 0) + prompt

@@ -1,4 +1,5 @@
 """The app's arguments (the `args:` block of serve_config.yaml), validated once at build time."""
+import dataclasses
 from pathlib import Path
 from typing import Literal
 
@@ -7,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 from fair_lora import EngineConfig, PopularityConfig
 
 DEMO_MODEL_NAME = "fair-lora-demo"
+ENGINE, POPULARITY = EngineConfig(), PopularityConfig()  # the defaults the app's keys take (max_waiting aside)
+ENGINE_KEYS = {f.name for f in dataclasses.fields(EngineConfig)} - {"popularity"}  # popularity: PopularityArgs
 
 
 class _Strict(BaseModel):
@@ -14,12 +17,13 @@ class _Strict(BaseModel):
 
 
 class PopularityArgs(_Strict):
-    window_s: PositiveFloat = 30.0
-    window_requests: PositiveInt | None = 1000
-    enter_share: float = Field(0.5, gt=0.0, le=1.0)
-    exit_share: float = Field(0.3, ge=0.0, lt=1.0)
-    min_dwell_s: float = Field(5.0, ge=0.0)
-    min_requests: PositiveInt = 10
+    """PopularityConfig's fields and defaults, with the YAML's stricter types."""
+    window_s: PositiveFloat = POPULARITY.window_s
+    window_requests: PositiveInt | None = POPULARITY.window_requests
+    enter_share: float = Field(POPULARITY.enter_share, gt=0.0, le=1.0)
+    exit_share: float = Field(POPULARITY.exit_share, ge=0.0, lt=1.0)
+    min_dwell_s: float = Field(POPULARITY.min_dwell_s, ge=0.0)
+    min_requests: PositiveInt = POPULARITY.min_requests
 
     @model_validator(mode="after")
     def _hysteresis(self) -> "PopularityArgs":
@@ -54,25 +58,27 @@ class RoutingArgs(_Strict):
 
 
 class AppArgs(_Strict):
-    model: str | None = None  # a Hugging Face model directory on every worker node; None: the embedded demo
-    load_format: Literal["safetensors", "dummy"] = "safetensors"  # dummy: random weights from config.json
+    # The keys named in ENGINE_KEYS are the engine's: EngineConfig's meaning and defaults, the YAML's stricter types.
+    model: str | None = ENGINE.model  # a model directory on every worker node; None: the embedded demo
+    load_format: Literal["safetensors", "dummy"] = ENGINE.load_format  # dummy: random weights from config.json
     served_model_name: str | None = None  # the base model's `model` name in the API; default: the directory name
     adapters: dict[str, str] = Field(default_factory=dict)  # name -> PEFT adapter directory
     adapter_roots: list[str] = Field(default_factory=list)  # where /v1/load_lora_adapter may read from
-    demo_dir: str | None = None  # the demo's cache directory; None: $FAIR_LORA_DEMO_DIR or ~/.cache/fair_lora/demo
-    device: Literal["cpu", "cuda"] = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    mode: Literal["fair", "slora"] = "fair"
-    max_num_seqs: PositiveInt = 64
-    max_num_batched_tokens: PositiveInt = 2048
-    max_model_len: PositiveInt | None = None
+    demo_dir: str | None = ENGINE.demo_dir  # the demo's cache; None: $FAIR_LORA_DEMO_DIR or ~/.cache/fair_lora/demo
+    device: Literal["cpu", "cuda"] = ENGINE.device
+    dtype: Literal["float32", "bfloat16", "float16"] = ENGINE.dtype
+    mode: Literal["fair", "slora"] = ENGINE.mode
+    max_num_seqs: PositiveInt = ENGINE.max_num_seqs
+    max_num_batched_tokens: PositiveInt = ENGINE.max_num_batched_tokens
+    max_model_len: PositiveInt | None = ENGINE.max_model_len
     max_waiting: PositiveInt = 256  # per worker; beyond it requests get 429
-    max_lora_rank: PositiveInt = 64
-    max_adapter_slots: PositiveInt = 16
-    num_kv_blocks: PositiveInt | None = None  # KV cache size; at most one of these two. None: from the memory left
-    num_kv_tokens: PositiveInt | None = None
-    gpu_memory_utilization: float = Field(0.90, gt=0.0, le=1.0)
-    scheduling_policy: Literal["fcfs", "vtc"] = "fcfs"
+    max_lora_rank: PositiveInt = ENGINE.max_lora_rank
+    max_adapter_slots: PositiveInt = ENGINE.max_adapter_slots
+    # KV cache size: at most one of these two; None: from the memory left.
+    num_kv_blocks: PositiveInt | None = ENGINE.num_kv_blocks
+    num_kv_tokens: PositiveInt | None = ENGINE.num_kv_tokens
+    gpu_memory_utilization: float = Field(ENGINE.gpu_memory_utilization, gt=0.0, le=1.0)
+    scheduling_policy: Literal["fcfs", "vtc"] = ENGINE.scheduling_policy
     fair_weights: dict[str, PositiveFloat] = Field(default_factory=dict)  # vtc: client -> weight (default 1)
     max_request_bytes: PositiveInt = 1 << 20  # larger HTTP bodies get 413 before they are read
     access_log: bool = False  # one INFO line per request in the ingress and the workers
@@ -100,27 +106,9 @@ class AppArgs(_Strict):
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
-            model=self.model,
-            load_format=self.load_format,
-            adapters=dict(self.adapters),
-            adapter_roots=list(self.adapter_roots),
-            device=self.device,
-            dtype=self.dtype,
-            mode=self.mode,
-            max_lora_rank=self.max_lora_rank,
-            max_adapter_slots=self.max_adapter_slots,
-            max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=self.max_num_batched_tokens,
-            max_model_len=self.max_model_len,
-            max_waiting=self.max_waiting,
-            num_kv_blocks=self.num_kv_blocks,
-            num_kv_tokens=self.num_kv_tokens,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            scheduling_policy=self.scheduling_policy,
-            fair_weights=dict(self.fair_weights),
+            **self.model_dump(include=ENGINE_KEYS),
             popularity=self.popularity.config(),
             auto_hot=False,  # the cluster-wide plan decides, through set_hot_adapter
-            demo_dir=self.demo_dir,
         )
 
     @property

@@ -182,7 +182,9 @@ def test_empty_padding_tiles_change_nothing(pattern, monkeypatch):
         batch,
         token_idx=torch.cat([batch.token_idx, torch.zeros(extra, dtype=batch.token_idx.dtype, device=DEVICE)]),
         scale=torch.cat([batch.scale, torch.zeros(extra, device=DEVICE)]),
-        pair=torch.cat([batch.pair, torch.full((extra,), -1, dtype=batch.pair.dtype, device=DEVICE)]),
+        hot_entry_of=torch.cat(
+            [batch.hot_entry_of, torch.full((extra,), -1, dtype=batch.hot_entry_of.dtype, device=DEVICE)]
+        ),
         shrink_tiles=torch.cat([batch.shrink_tiles, pad]),
         expand_tiles=torch.cat([batch.expand_tiles, pad]),
     )

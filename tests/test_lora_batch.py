@@ -7,8 +7,14 @@ from fair_lora.kernels.lora_batch import LoRABatch, build_lora_batch, max_tiles
 from tests.test_kernels_lora import PATTERNS, make_tokens, pool_size
 
 
+def entry_slots(batch: LoRABatch) -> list[int]:
+    """Each entry's pool slot, as the kernels see it: that of its segment."""
+    starts = batch.seg_start_host
+    return [s for g, s in enumerate(batch.seg_slot_host) for _ in range(starts[g + 1] - starts[g])]
+
+
 def entries(batch: LoRABatch) -> list[tuple[int, int, float]]:
-    return list(zip(batch.token_idx.tolist(), batch.entry_slot.tolist(), batch.scale.tolist()))
+    return list(zip(batch.token_idx.tolist(), entry_slots(batch), batch.scale.tolist()))
 
 
 def test_batch_gives_cold_tokens_own_plus_hot_subtraction_and_hot_tokens_nothing():
@@ -23,7 +29,7 @@ def test_batch_gives_cold_tokens_own_plus_hot_subtraction_and_hot_tokens_nothing
 def test_batch_without_hot_adapter_gives_one_entry_per_adapter_token_and_none_to_base_tokens():
     batch = build_lora_batch(torch.tensor([1, -1, 2, 1]), torch.tensor([2.0, 0.5, 0.25]), None, "cpu")
     assert sorted(entries(batch)) == [(0, 1, 0.5), (2, 2, 0.25), (3, 1, 0.5)]
-    assert batch.pair.tolist() == [-1, -1, -1]
+    assert batch.hot_entry_of.tolist() == [-1, -1, -1]
 
 
 def pattern_batch(pattern: str, num_tokens: int) -> tuple[LoRABatch, int | None]:
@@ -35,7 +41,7 @@ def pattern_batch(pattern: str, num_tokens: int) -> tuple[LoRABatch, int | None]
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_batch_entries_sorted_by_slot_in_bounded_segments(pattern, num_tokens):
     batch, hot = pattern_batch(pattern, num_tokens)
-    slot = batch.entry_slot.tolist()
+    slot = entry_slots(batch)
     assert slot == sorted(slot)
     starts = batch.seg_start_host
     assert starts[0] == 0 and starts[-1] == batch.num_entries and len(starts) == len(batch.seg_slot_host) + 1
@@ -47,7 +53,7 @@ def test_batch_entries_sorted_by_slot_in_bounded_segments(pattern, num_tokens):
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_batch_tiles_cover_entries_once_and_expand_owns_each_row_once(pattern, num_tokens):
     batch, hot = pattern_batch(pattern, num_tokens)
-    slot, tok, pair = batch.entry_slot.tolist(), batch.token_idx.tolist(), batch.pair.tolist()
+    slot, tok, pair = entry_slots(batch), batch.token_idx.tolist(), batch.hot_entry_of.tolist()
 
     def covered(tiles: torch.Tensor) -> list[int]:
         out = []

@@ -69,7 +69,7 @@ def run_step(scheduler: Scheduler) -> list[Sequence]:
     waiting = set(scheduler.waiting)
     out = scheduler.schedule()
     for s in out.scheduled:
-        samples = s.samples
+        samples = s.samples_next_token
         s.seq.num_computed += s.num_new
         if samples:
             s.seq.token_ids.append(1)

@@ -4,7 +4,7 @@ Only an engine that fails every request alone, or a poisoned CUDA context, stops
 import pytest
 
 from fair_lora import SamplingParams
-from fair_lora.engine.llm_engine import FATAL_FAILURES
+from fair_lora.engine.step_isolation import FATAL_FAILURES
 from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, request_mix
 
 MAX_TOKENS = 6

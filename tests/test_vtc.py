@@ -38,7 +38,7 @@ class ServiceMeter:
         out = scheduler.schedule()
         self.admitted += [s.seq for s in out.scheduled if s.seq in waiting]
         for s in out.scheduled:
-            seq, samples, client = s.seq, s.samples, client_of(s.seq)
+            seq, samples, client = s.seq, s.samples_next_token, client_of(s.seq)
             done = min(seq.num_computed + s.num_new, len(seq.prompt_token_ids))
             new_prompt = max(0, done - self.prefilled.get(seq, 0))
             self.prefilled[seq] = self.prefilled.get(seq, 0) + new_prompt

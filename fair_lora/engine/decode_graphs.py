@@ -51,7 +51,7 @@ class DecodeGraphs:
         self.query_start = torch.arange(b + 1, dtype=torch.int32, device=device)
         self.logits_rows = torch.arange(b, dtype=torch.int64, device=device)
         self.token_idx, self.scale = new(e, dtype=torch.int64), new(e, dtype=torch.float32)
-        self.pair = new(e)
+        self.hot_entry_of = new(e)
         tiles = max_tiles(e, num_slots, DECODE_TILE)
         self.shrink_tiles, self.expand_tiles = new(tiles, 3), new(tiles, 3)
         self.hot_slot = new(1)
@@ -125,7 +125,7 @@ class DecodeGraphs:
         # Entries past e are never read: only the tiles below point at entries, and their padding tiles are empty.
         self.token_idx[:e].copy_(lora.token_idx)
         self.scale[:e].copy_(lora.scale)
-        self.pair[:e].copy_(lora.pair)
+        self.hot_entry_of[:e].copy_(lora.hot_entry_of)
         for static, real in ((self.shrink_tiles, lora.shrink_tiles), (self.expand_tiles, lora.expand_tiles)):
             static[: len(real)].copy_(real)
             static[len(real) : tiles].zero_()  # (first 0, end 0): a tile with no entries
@@ -144,9 +144,9 @@ class DecodeGraphs:
         if key.entries:
             e, tiles = key.entries, max_tiles(key.entries, self.num_slots, DECODE_TILE)
             lora = replace(
-                lora, num_tokens=size, token_idx=self.token_idx[:e], scale=self.scale[:e], pair=self.pair[:e],
-                shrink_tiles=self.shrink_tiles[:tiles], expand_tiles=self.expand_tiles[:tiles],
-                hot_slot_t=self.hot_slot,
+                lora, num_tokens=size, token_idx=self.token_idx[:e], scale=self.scale[:e],
+                hot_entry_of=self.hot_entry_of[:e], shrink_tiles=self.shrink_tiles[:tiles],
+                expand_tiles=self.expand_tiles[:tiles], hot_slot_t=self.hot_slot,
             )
         else:
             lora = replace(lora, num_tokens=size)

@@ -2,7 +2,7 @@
 
 A decode step needs a dozen small integer tables (token ids, positions, cache slots, block tables, the
 correction's entries and tiles). Sent one by one from pageable memory, each is a synchronous copy with its
-own fixed cost: on the H200 host the runner's prepare took ~1 ms at batch 32, several times its Python work.
+own fixed cost, and together they cost the runner's prepare several times its Python work.
 Here they travel as one int64 array through a pinned staging buffer, asynchronously; the next step waits for
 that copy before it reuses the buffer.
 """

@@ -18,7 +18,7 @@ class HotSwitch:
         self.policy_choice: str | None = None  # the policy's last choice that was acted on
         self.switches: list[tuple[str | None, float]] = []  # (new hot adapter, seconds) of every switch
 
-    def set(self, name: str | None) -> float:
+    def set_hot(self, name: str | None) -> float:
         """Merge `name` (None: restore the base weights); returns the switch time in seconds. All or nothing:
         if the merge fails part-way, every weight is restored and nothing is merged (HotSwitchError)."""
         if self.merger is None:
@@ -70,5 +70,5 @@ class HotSwitch:
             self.policy_choice = choice
             return
         if choice is None or (choice in self.pool.adapters and self.pool.can_acquire(choice)):
-            self.set(choice)
+            self.set_hot(choice)
             self.policy_choice = choice

@@ -8,22 +8,22 @@ from collections.abc import Sequence as Seq
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
 from fair_lora.config import EngineConfig
 from fair_lora.engine.block_manager import BlockManager
 from fair_lora.engine.decode_graphs import MAX_BATCH, DecodeGraphs
 from fair_lora.engine.hot_switch import HotSwitch
 from fair_lora.engine.memory_plan import plan_memory
+from fair_lora.engine.model_assets import eos_ids, load_tokenizer, resolve_assets
 from fair_lora.engine.model_runner import ModelRunner
 from fair_lora.engine.output_processor import OutputProcessor
 from fair_lora.engine.policy import make_policy
-from fair_lora.engine.scheduler import ScheduledSeq, Scheduler
+from fair_lora.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from fair_lora.engine.sequence import Sequence
+from fair_lora.engine.step_isolation import RanPart, StepIsolation
 from fair_lora.engine.step_stats import StepStats
 from fair_lora.engine.warmup import profile_forward, warm_up
 from fair_lora.errors import (
-    AdapterFormatError,
     AdapterInUseError,
     AdapterNameError,
     FairLoRAError,
@@ -31,7 +31,7 @@ from fair_lora.errors import (
     RequestError,
 )
 from fair_lora.layers.sampler import sample
-from fair_lora.lora.adapter import LoRAAdapter, check_name, load_adapter
+from fair_lora.lora.adapter import LoRAAdapter, check_fits, check_name, load_adapter
 from fair_lora.lora.adapter_pool import AdapterPool
 from fair_lora.lora.hot_merge import HotMerger
 from fair_lora.models.loader import check_kernel_shapes, load_model
@@ -41,20 +41,13 @@ from fair_lora.sampling_params import SamplingParams
 
 
 logger = logging.getLogger("fair_lora")
-FATAL_FAILURES = 8  # this many requests in a row failing alone means the engine is broken: step() raises
-
-
-def _poisons_device(error: Exception) -> bool:
-    """A CUDA error leaves the device context unusable for every later request: no isolating it."""
-    accelerator_error = getattr(torch, "AcceleratorError", ())
-    return isinstance(error, accelerator_error) or "CUDA error" in str(error)
 
 
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.model_dir, adapters = self._resolve_assets(config)
-        self.tokenizer = self._load_tokenizer()
+        self.model_dir, adapters = resolve_assets(config)
+        self.tokenizer = load_tokenizer(self.model_dir, config.load_format)
         dummy = config.load_format == "dummy"
         self.model, self.hf_config = load_model(self.model_dir, config.torch_dtype, config.device, dummy=dummy)
         limit = self.model.args.max_position_embeddings
@@ -72,11 +65,11 @@ class LLMEngine:
         self.hot_switch = HotSwitch(self.pool, merger, HotAdapterPolicy(config.popularity), self.window)
         self.sequences: dict[str, Sequence] = {}
         text_tokenizer = self.tokenizer if config.detokenize else None
-        self.processor = OutputProcessor(text_tokenizer, self._eos_ids(), self.max_model_len)
+        self.processor = OutputProcessor(text_tokenizer, eos_ids(self.hf_config, self.tokenizer), self.max_model_len)
         self._ids = itertools.count()
         self.last_step = StepStats()
         self.num_preemptions = 0
-        self._consecutive_failures = 0
+        self.isolation = StepIsolation(self._forward_and_sample)
         for name, path in adapters.items():
             self.load_adapter(name, path)
         self.warmup_seconds = warm_up(self) if config.warmup else 0.0
@@ -87,12 +80,6 @@ class LLMEngine:
         """Compile, capture and load now (the constructor does it unless warmup=False); returns the seconds."""
         self.warmup_seconds = warm_up(self)
         return self.warmup_seconds
-
-    def _load_tokenizer(self):
-        has_tokenizer = any((self.model_dir / f).exists() for f in ("tokenizer.json", "tokenizer.model"))
-        if not has_tokenizer and self.config.load_format == "dummy":
-            return None  # a dummy-weight benchmark model may come without one; it then takes token ids only
-        return AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
 
     def _build_batching(self, config: EngineConfig) -> tuple[BlockManager, Scheduler, ModelRunner]:
         check_kernel_shapes(self.model.args, config.device)
@@ -115,22 +102,6 @@ class LLMEngine:
         runner = ModelRunner(self.model, num_blocks, config.block_size, config.torch_dtype, config.device, graphs)
         return blocks, scheduler, runner
 
-    @staticmethod
-    def _resolve_assets(config: EngineConfig) -> tuple[Path, dict[str, str]]:
-        if config.model is not None:
-            return Path(config.model), dict(config.adapters)
-        from fair_lora.demo import default_demo_root, make_demo
-
-        assets = make_demo(Path(config.demo_dir) if config.demo_dir else default_demo_root())
-        return assets.model_dir, {**{n: str(p) for n, p in assets.adapters.items()}, **config.adapters}
-
-    def _eos_ids(self) -> set[int]:
-        eos = self.hf_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return ids
-
     # ---- adapters and the hot merge -------------------------------------------------------------------
 
     @property
@@ -143,10 +114,7 @@ class LLMEngine:
     def add_adapter(self, adapter: LoRAAdapter) -> None:
         """Register an adapter built in memory (benchmarks); its weights must fit the base model's shapes."""
         self._check_new_name(adapter.name)
-        for path, (a, b) in adapter.weights.items():
-            fits = path in self.shapes and (a.shape[1], b.shape[0]) == self.shapes[path]
-            if not fits or not a.shape[0] == b.shape[1] == adapter.rank <= self.config.max_lora_rank:
-                raise AdapterFormatError(f"in-memory adapter {adapter.name!r}: {path} does not fit the base model")
+        check_fits(adapter, self.shapes, self.config.max_lora_rank)
         self.pool.add(adapter)
 
     def load_adapter(self, name: str, path: str | Path) -> None:
@@ -182,7 +150,7 @@ class LLMEngine:
 
     def set_hot_adapter(self, name: str | None) -> float:
         """Merge `name` (None: restore the base weights) between steps; returns the switch time in seconds."""
-        return self.hot_switch.set(name)
+        return self.hot_switch.set_hot(name)
 
     # ---- requests --------------------------------------------------------------------------------------
 
@@ -247,68 +215,53 @@ class LLMEngine:
     # ---- the step loop ---------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """schedule → run → postprocess; a failure while running is confined to the requests that cause it."""
+        """schedule → run → postprocess; a failure while running fails only the requests that cause it
+        (step_isolation.py), and each part of the batch that ran is postprocessed before the next one runs."""
         if self.config.auto_hot:
-            self.hot_switch.follow_policy()
+            self.hot_switch.follow_policy()  # between steps, never inside one
         start = time.perf_counter()
         out = self.scheduler.schedule()
-        self.num_preemptions += len(out.preempted)
-        outputs = self._run_isolated(out.scheduled) if out.scheduled else []
-        corrected = sum(s.num_new for s in out.scheduled if s.seq.adapter != self.hot_adapter)
-        self.last_step = StepStats(
-            len(out.scheduled), out.num_tokens, corrected, len(out.preempted), self.hot_adapter,
-            time.perf_counter() - start, len({s.seq.adapter for s in out.scheduled}),
-        )
+        outputs = [output for part in self.isolation.run(out.scheduled) for output in self._postprocess(part)]
+        self._record_step(out, time.perf_counter() - start)
         return outputs
-
-    def _run_isolated(self, scheduled: list[ScheduledSeq]) -> list[RequestOutput]:
-        """Run the step; if it raises, run each half again (recursively), so the requests that make it fail
-        finish with an "error" and the others go on. Re-running is safe: nothing changes before sampling
-        succeeded, and rewriting the same KV positions writes the same values."""
-        try:
-            tokens, logprobs = self._forward_and_sample(scheduled)
-        except Exception as error:  # noqa: BLE001 - a request's failure must not stop everyone else's
-            if _poisons_device(error) or len(scheduled) == 1 and self._failing_everyone(error):
-                raise
-            if len(scheduled) == 1:
-                return [self._fail(scheduled[0].seq, error)]
-            half = len(scheduled) // 2
-            return self._run_isolated(scheduled[:half]) + self._run_isolated(scheduled[half:])
-        self._consecutive_failures = 0
-        return self._postprocess(scheduled, tokens, logprobs)
-
-    def _failing_everyone(self, error: Exception) -> bool:
-        """True once FATAL_FAILURES requests in a row failed alone: then the engine, not a request, is broken."""
-        self._consecutive_failures += 1
-        return self._consecutive_failures >= FATAL_FAILURES
-
-    def _fail(self, seq: Sequence, error: Exception) -> RequestOutput:
-        self.scheduler.finish(seq, "error")
-        seq.times.finish = time.monotonic()
-        self.sequences.pop(seq.request_id, None)
-        output = self.processor.output(seq)
-        output.error = f"{type(error).__name__}: {error}"
-        return output
 
     def _forward_and_sample(self, scheduled: list[ScheduledSeq]) -> tuple[list[int], list[float]]:
         slots = [self.pool.slot_of[s.seq.adapter] if s.seq.adapter else -1 for s in scheduled]
         logits = self.runner.run(scheduled, slots, self.pool.slot_scales, self.hot_switch.slot())
-        sampling = [s.seq for s in scheduled if s.samples]
+        sampling = [s.seq for s in scheduled if s.samples_next_token]
         return sample(logits, [seq.params for seq in sampling], [seq.generator for seq in sampling])
 
-    def _postprocess(self, scheduled: list[ScheduledSeq], tokens: list[int], logprobs: list[float]) -> list[RequestOutput]:
-        sampling = [s.seq for s in scheduled if s.samples]  # before num_computed moves, which `samples` reads
-        for s in scheduled:
+    def _postprocess(self, part: RanPart) -> list[RequestOutput]:
+        """The part's sampled tokens appended (or its one request failed); the outputs of its sampling sequences."""
+        if part.error is not None:
+            seq = part.scheduled[0].seq
+            self._finish(seq, "error")
+            output = self.processor.output(seq)
+            output.error = f"{type(part.error).__name__}: {part.error}"
+            return [output]
+        sampling = [s.seq for s in part.scheduled if s.samples_next_token]  # before num_computed moves, which it reads
+        for s in part.scheduled:
             s.seq.num_computed += s.num_new
         outputs = []
-        reasons = self.processor.append_all(sampling, tokens, logprobs)
+        reasons = self.processor.append_all(sampling, part.tokens, part.logprobs)
         for seq, reason in zip(sampling, reasons):
             if reason is not None:
-                self.scheduler.finish(seq, reason)
-                seq.times.finish = time.monotonic()
-                self.sequences.pop(seq.request_id, None)
+                self._finish(seq, reason)
             outputs.append(self.processor.output(seq))
         return outputs
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq, reason)
+        seq.times.finish = time.monotonic()
+        self.sequences.pop(seq.request_id, None)
+
+    def _record_step(self, out: SchedulerOutput, seconds: float) -> None:
+        self.num_preemptions += len(out.preempted)
+        corrected = sum(s.num_new for s in out.scheduled if s.seq.adapter != self.hot_adapter)
+        self.last_step = StepStats(
+            len(out.scheduled), out.num_tokens, corrected, len(out.preempted), self.hot_adapter, seconds,
+            len({s.seq.adapter for s in out.scheduled}),
+        )
 
     def generate(
         self,

@@ -50,21 +50,20 @@ class ModelRunner:
             token_slots += [adapter_slot] * s.num_new
             query_start.append(query_start[-1] + s.num_new)
             context_lens.append(end)
-            if s.samples:
+            if s.samples_next_token:
                 sample_rows.append(query_start[-1] - 1)
         width = max(len(s.seq.block_table) for s in scheduled)
         tables = [s.seq.block_table + [-1] * (width - len(s.seq.block_table)) for s in scheduled]
         lora = lora_tables(np.array(token_slots, dtype=np.int64), slot_scales.numpy(), hot_slot)
         # One int64 array, one copy: the int64 fields first, then the int32 ones (scales as their float32 bits).
-        wide = [ids, pos, slots, sample_rows, lora.token_idx]
-        narrow = [query_start, context_lens, np.array(tables).reshape(-1), np.concatenate(lora.ints),
-                  lora.scale.view(np.int32)]
-        parts = [np.asarray(a, dtype=np.int64) for a in wide + narrow]
-        device = self.upload(np.concatenate(parts))
-        n_wide = sum(len(a) for a in parts[: len(wide)])
-        ids_t, pos_t, slot_mapping, logits_rows, token_idx = device[:n_wide].split([len(a) for a in parts[: len(wide)]])
-        fields = device[n_wide:].int().split([len(a) for a in parts[len(wide) :]])
-        query_start_t, context_lens_t, tables_t, ints, scale = fields
+        int64_fields = [ids, pos, slots, sample_rows, lora.token_idx]
+        int32_fields = [query_start, context_lens, np.array(tables).reshape(-1), np.concatenate(lora.int32_tables),
+                        lora.scale.view(np.int32)]
+        sizes = [len(a) for a in int64_fields + int32_fields]
+        device = self.upload(np.concatenate([np.asarray(a, dtype=np.int64) for a in int64_fields + int32_fields]))
+        n = len(int64_fields)
+        ids_t, pos_t, slot_mapping, logits_rows, token_idx = device[: sum(sizes[:n])].split(sizes[:n])
+        query_start_t, context_lens_t, tables_t, lora_int32, scale = device[sum(sizes[:n]) :].int().split(sizes[n:])
         attn = AttentionMetadata(
             slot_mapping=slot_mapping,
             query_start=query_start_t,
@@ -76,7 +75,7 @@ class ModelRunner:
         )
         batch = ForwardBatch(
             attn=attn,
-            lora=lora_batch_on_device(lora, token_idx, scale.view(torch.float32), ints),
+            lora=lora_batch_on_device(lora, token_idx, scale.view(torch.float32), lora_int32),
             logits_rows=logits_rows,
         )
         return ids_t, pos_t, batch

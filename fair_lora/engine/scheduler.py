@@ -23,10 +23,11 @@ class AdapterSlots(Protocol):
 @dataclass(frozen=True)
 class ScheduledSeq:
     seq: Sequence
-    num_new: int  # tokens computed this step; a sample is drawn when they reach the end of seq.token_ids
+    num_new: int  # tokens computed this step
 
     @property
-    def samples(self) -> bool:
+    def samples_next_token(self) -> bool:
+        """Whether this step's tokens reach the end of seq.token_ids, so the step samples the next one."""
         return self.seq.num_computed + self.num_new == self.seq.num_tokens
 
 

@@ -3,7 +3,7 @@ compiles every kernel variant and captures every decode graph before the engine 
 
 Triton compiles a kernel per combination of its constexpr arguments and of its integer arguments' value
 classes (1, a multiple of 16, anything else); the decode graphs are captured per (batch bucket, correction,
-hot merged). Both happen on first use, 0.1 to 3 s each on an H200; a server would show them to its first
+hot merged). Both happen on first use and take up to seconds each; a server would show them to its first
 users. The warm-up runs the step shapes that select them: prefills of 1, 3 and 16 sequences, short and long
 (the correction's 32-entry tiles start past 512 tokens), with base and adapter tokens, with and without a
 hot adapter merged; then a decode step at every graph bucket for each kind of batch.

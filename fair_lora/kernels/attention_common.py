@@ -1,7 +1,4 @@
-"""What the two attention kernels share: interpreter-safe reductions and the dtype policy of their dots."""
-import os
-
-import torch
+"""What the two attention kernels share: interpreter-safe reductions."""
 import triton
 import triton.language as tl
 
@@ -19,13 +16,3 @@ def reduce_max(x, AXIS: tl.constexpr):
 def reduce_sum(x, AXIS: tl.constexpr):
     return tl.reduce(x, AXIS, tl.standard._sum_combine)
 
-
-def upcast(dtype: torch.dtype) -> bool:
-    """16-bit operands go to tl.dot as they are (float32 accumulate), except bf16 in Triton's CPU interpreter,
-    which multiplies bf16 operands as raw integers (fp16 it gets right, so fp16 tests cover the GPU path)."""
-    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def precision(dtype: torch.dtype) -> str:
-    """float32 models are the fidelity reference: exact products, no tf32."""
-    return "ieee" if dtype == torch.float32 else "tf32"

@@ -9,7 +9,7 @@ segment the base-model tokens' entries come first.
 The Triton kernels walk tiles: runs of at most `tile_entries` consecutive entries of one segment. The shrink
 covers every entry. The expand writes each token's output row once, summing both of its entries there: its
 tiles cover the own-adapter segments and the base-model prefix of the hot segment, and each own entry
-brings its token's hot entry along through `pair`. So no two programs ever write the same row.
+brings its token's hot entry along through `hot_entry_of`. So no two programs ever write the same row.
 """
 from dataclasses import dataclass
 
@@ -25,12 +25,11 @@ class LoRABatch:
     num_tokens: int
     token_idx: torch.Tensor  # [E] int64, token row of each entry; entries sorted by slot
     scale: torch.Tensor  # [E] float32, signed scaling of each entry: +s_i own adapter, -s_h hot subtraction
-    entry_slot: torch.Tensor  # [E] int32, pool slot of each entry
     seg_start_host: tuple[int, ...]  # [G+1] entries seg_start[g]:seg_start[g+1] use slot seg_slot[g]; host
     seg_slot_host: tuple[int, ...]  # [G]; the references loop over these; the kernels walk the tiles
     hot_slot: int | None  # the slot merged into the base weights
     hot_slot_t: torch.Tensor  # [1] int32 on the device, the same (0 when none), read by the expand kernel
-    pair: torch.Tensor  # [E] int32, for an own-adapter entry: its token's hot-subtraction entry; else -1
+    hot_entry_of: torch.Tensor  # [E] int32, for an own-adapter entry: its token's hot-subtraction entry; else -1
     tile_entries: int  # the most entries in one tile
     shrink_tiles: torch.Tensor  # [N_s, 3] int32 (first entry, end entry, slot); every entry in exactly one
     expand_tiles: torch.Tensor  # [N_x, 3] int32, the same for the entries that own an output row
@@ -50,7 +49,7 @@ class LoRATables:
     num_tokens: int
     token_idx: np.ndarray  # [E] int64
     scale: np.ndarray  # [E] float32
-    ints: tuple[np.ndarray, ...]  # int32 values: entry slots, hot pairs, the hot slot, shrink tiles, expand tiles
+    int32_tables: tuple[np.ndarray, ...]  # hot_entry_of, the hot slot, shrink tiles, expand tiles: flat int32
     seg_start_host: tuple[int, ...]
     seg_slot_host: tuple[int, ...]
     hot_slot: int | None
@@ -84,34 +83,33 @@ def lora_tables(token_slots: np.ndarray, slot_scales: np.ndarray, hot_slot: int 
     expand_ends = seg_start[1:].copy()  # the expand owns the non-hot segments and the hot one's base prefix
     if hot_slot is not None:
         expand_ends[seg_slot == hot_slot] = seg_start[:-1][seg_slot == hot_slot] + num_base
-    ints = (
-        slot, _hot_pairs(idx, slot, len(slots), hot_slot), np.array([hot_slot or 0]),
+    int32_tables = (
+        _hot_entry_of(idx, slot, len(slots), hot_slot), np.array([hot_slot or 0]),
         _tiles(seg_start[:-1], seg_start[1:], seg_slot, tile_entries),
         _tiles(seg_start[:-1], expand_ends, seg_slot, tile_entries),
     )
     return LoRATables(
         num_tokens=len(slots), token_idx=idx, scale=scale,
-        ints=tuple(np.asarray(t, dtype=np.int32).reshape(-1) for t in ints),
+        int32_tables=tuple(np.asarray(t, dtype=np.int32).reshape(-1) for t in int32_tables),
         seg_start_host=tuple(seg_start.tolist()), seg_slot_host=tuple(seg_slot.tolist()),
         hot_slot=hot_slot, tile_entries=tile_entries,
     )
 
 
 def lora_batch_on_device(
-    tables: LoRATables, token_idx: torch.Tensor, scale: torch.Tensor, ints: torch.Tensor
+    tables: LoRATables, token_idx: torch.Tensor, scale: torch.Tensor, int32_tables: torch.Tensor
 ) -> LoRABatch:
-    """The batch over device copies of `tables`: token_idx int64, scale float32, ints its int32 tables in one."""
-    entry_slot, pair, hot_t, shrink, expand = ints.split([len(t) for t in tables.ints])
+    """The batch over device copies of `tables`: token_idx int64, scale float32, and its int32 tables in one."""
+    hot_entry_of, hot_t, shrink, expand = int32_tables.split([len(t) for t in tables.int32_tables])
     return LoRABatch(
         num_tokens=tables.num_tokens,
         token_idx=token_idx,
         scale=scale,
-        entry_slot=entry_slot,
         seg_start_host=tables.seg_start_host,
         seg_slot_host=tables.seg_slot_host,
         hot_slot=tables.hot_slot,
         hot_slot_t=hot_t,
-        pair=pair,
+        hot_entry_of=hot_entry_of,
         tile_entries=tables.tile_entries,
         shrink_tiles=shrink.view(-1, 3),
         expand_tiles=expand.view(-1, 3),
@@ -123,8 +121,9 @@ def build_lora_batch(
 ) -> LoRABatch:
     """`lora_tables` of host tensors, sent to `device` (the engine's runner packs them with its other inputs)."""
     t = lora_tables(token_slots.numpy(), slot_scales.numpy(), hot_slot)
-    ints = torch.from_numpy(np.concatenate(t.ints)).to(device)
-    return lora_batch_on_device(t, torch.from_numpy(t.token_idx).to(device), torch.from_numpy(t.scale).to(device), ints)
+    int32_tables = torch.from_numpy(np.concatenate(t.int32_tables)).to(device)
+    token_idx, scale = torch.from_numpy(t.token_idx).to(device), torch.from_numpy(t.scale).to(device)
+    return lora_batch_on_device(t, token_idx, scale, int32_tables)
 
 
 def max_tiles(num_entries: int, num_slots: int, tile_entries: int) -> int:
@@ -133,16 +132,16 @@ def max_tiles(num_entries: int, num_slots: int, tile_entries: int) -> int:
     return num_entries // tile_entries + min(num_slots, num_entries)
 
 
-def _hot_pairs(idx: np.ndarray, slot: np.ndarray, num_tokens: int, hot_slot: int | None) -> np.ndarray:
+def _hot_entry_of(idx: np.ndarray, slot: np.ndarray, num_tokens: int, hot_slot: int | None) -> np.ndarray:
     """[E]: for each entry of a token's own adapter, the position of the same token's hot entry; else -1."""
-    pair = np.full(len(idx), -1, dtype=np.int64)
+    hot_entry_of = np.full(len(idx), -1, dtype=np.int64)
     if hot_slot is None:
-        return pair
+        return hot_entry_of
     is_hot = slot == hot_slot
     hot_entry_of_token = np.full(num_tokens, -1, dtype=np.int64)
     hot_entry_of_token[idx[is_hot]] = np.flatnonzero(is_hot)
-    pair[~is_hot] = hot_entry_of_token[idx[~is_hot]]
-    return pair
+    hot_entry_of[~is_hot] = hot_entry_of_token[idx[~is_hot]]
+    return hot_entry_of
 
 
 def _tiles(starts: np.ndarray, ends: np.ndarray, slots: np.ndarray, size: int) -> np.ndarray:

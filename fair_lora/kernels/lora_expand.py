@@ -3,14 +3,14 @@
 A cold token has two entries in different segments (its adapter, +s_i, and the hot subtraction, -s_h), so
 two segment programs would write its y row. Instead every row is written by one program, once: the grid
 runs over `batch.expand_tiles` (own-adapter entries, and base-model tokens' hot entries), and a program adds
-its entries' own term and their hot partners' term (`batch.pair`; all partners sit in the one hot slot, so
+its entries' own term and their hot partners' term (`batch.hot_entry_of`; all partners sit in the one hot slot, so
 that term is also one dense tl.dot against a single B_h block) in float32 registers, then does one
 read-add-write of its y block. No atomics, no float32 [T, H_out] buffer, no memset or cast pass (each of
 those is a launch and a pass over y per projection), and the result is deterministic.
 
 B is stored transposed (`LoRASlots.b_t`, [S, R, H_out]): a block of it is r rows contiguous along H_out,
 wide vector loads that are already the dot's [K, N] operand; read from [S, H_out, R] (32-byte rows at rank 16)
-the same kernel ran 2x slower on an H200.
+the same kernel was much slower.
 
 A group of projections of the same input (q/k/v, gate/up: `LoRASlots` with n sub-projections) is one launch
 over the fused output [T, ΣH_out]: its column blocks are numbered through the sub-projections in turn, and a
@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fair_lora.kernels.dot_precision import dot_precision
 from fair_lora.kernels.lora_batch import LoRABatch
 from fair_lora.kernels.lora_slots import LoRASlots
 
@@ -51,12 +52,12 @@ def _b_block(b_t_ptr, slot, rank, n, n_ok, stride_b_slot, stride_b_rank, BLOCK_R
     r = tl.arange(0, BLOCK_R)
     b = tl.load(b_t_ptr + slot * stride_b_slot + r[:, None] * stride_b_rank + n[None, :],
                 mask=(r[:, None] < rank) & n_ok[None, :], other=0.0)
-    return b.to(tl.float32)  # float32 operands: see lora_shrink._precision
+    return b.to(tl.float32)  # float32 operands: see dot_precision.py
 
 
 @triton.jit
 def _expand_kernel(
-    y_ptr, v_ptr, b_t_ptr, token_idx_ptr, scale_ptr, pair_ptr, tiles_ptr, ranks_ptr, hot_slot_ptr,
+    y_ptr, v_ptr, b_t_ptr, token_idx_ptr, scale_ptr, hot_entry_of_ptr, tiles_ptr, ranks_ptr, hot_slot_ptr,
     num_blocks, blocks_per_program, width, num_slots, stride_y, stride_v, stride_b_slot, stride_b_rank,
     size0, size1, size2, start1, start2,
     HAS_HOT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -71,7 +72,7 @@ def _expand_kernel(
     t = tl.load(token_idx_ptr + e, mask=e_ok, other=0)
     if HAS_HOT:
         hot = tl.load(hot_slot_ptr).to(tl.int64)  # a device scalar: a captured graph follows hot switches
-        p = tl.load(pair_ptr + e, mask=e_ok, other=-1)
+        p = tl.load(hot_entry_of_ptr + e, mask=e_ok, other=-1)
     b_first = n_group * blocks_per_program
     b_end = tl.where(first < end, tl.minimum(b_first + blocks_per_program, num_blocks), b_first)  # empty: padding
     for blk in range(b_first, b_end):
@@ -123,10 +124,10 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, slots: LoRASlots, batch: LoRAB
     grid = (num_tiles, triton.cdiv(n_blocks, blocks_per_program))
     padded = list(sizes) + [0] * (3 - len(sizes))
     _expand_kernel[grid](
-        y, v, slots.b_t, batch.token_idx, batch.scale, batch.pair, batch.expand_tiles, slots.ranks,
+        y, v, slots.b_t, batch.token_idx, batch.scale, batch.hot_entry_of, batch.expand_tiles, slots.ranks,
         batch.hot_slot_t, n_blocks, blocks_per_program, width, num_slots,
         y.stride(0), v.stride(0), slots.b_t.stride(0), slots.b_t.stride(1),
         *padded, per_sub[0] if len(sizes) > 1 else n_blocks, per_sub[0] + per_sub[1] if len(sizes) > 2 else n_blocks,
         HAS_HOT=batch.hot_slot is not None, BLOCK_E=batch.tile_entries, BLOCK_N=block_n, BLOCK_R=block_r,
-        PRECISION="ieee" if slots.b_t.dtype == torch.float32 else "tf32",
+        PRECISION=dot_precision(slots.b_t.dtype),
     )

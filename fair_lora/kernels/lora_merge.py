@@ -1,19 +1,20 @@
 """Triton hot merge: W' = W + s·B·A written in one pass over W (read W, write W'), float32 accumulate.
 
 The merge is memory-bound (rank 16 adds 32 FLOPs per element), so its floor is one read of the pristine W and
-one write of W'. cuBLAS's addmm with K = r reached about a third of the copy bandwidth on an H200 (17 ms for
-the 224 projections of Llama-2-7B, whose floor is ~6 ms): its tiles are shaped for reuse along K, which a
-rank-16 product does not have. Here each program streams one [BLOCK_M, BLOCK_N] tile of W: it loads the r
-rows of Bᵀ and A that tile needs (tiny, L2-resident), forms the product with one tl.dot and adds it to W in
-float32, rounding once. (cuBLAS's bf16 addmm rounds s·B·A to bf16 before the add: up to 256 ulps off the
-exact W' where W and s·B·A nearly cancel; this kernel stays within the float32 accumulation error.)
+one write of W'. cuBLAS's addmm with K = r reaches about a third of the copy bandwidth: its tiles are shaped
+for reuse along K, which a rank-16 product does not have. Here each program streams one [BLOCK_M, BLOCK_N] tile
+of W: it loads the r rows of Bᵀ and A that tile needs (tiny, L2-resident), forms the product with one tl.dot and
+adds it to W in float32, rounding once. (cuBLAS's bf16 addmm rounds s·B·A to bf16 before the add: up to 256
+ulps off the exact W' where W and s·B·A nearly cancel; this kernel stays within the float32 accumulation error.)
 """
 import torch
 import triton
 import triton.language as tl
 
-BLOCK_M = 16  # tile of W per program: 16 x 256 streamed best on an H200 (benchmarks/merge_bench.py: 8.3 ms
-BLOCK_N = 256  # for the 224 projections, 73% of copy bandwidth; 64 x 128 took 10-12 ms, addmm 16.7 ms)
+from fair_lora.kernels.dot_precision import dot_precision
+
+BLOCK_M = 16  # tile of W per program: 16 x 256 streamed best of the tiles swept (benchmarks/merge_bench.py)
+BLOCK_N = 256
 
 
 @triton.jit
@@ -28,7 +29,7 @@ def _merge_kernel(
     rows_ok, cols_ok, r_ok = rows < h_out, cols < h_in, r < rank
     b_t = tl.load(b_t_ptr + r[:, None] * stride_b + rows[None, :], mask=r_ok[:, None] & rows_ok[None, :], other=0.0)
     a = tl.load(a_ptr + r[:, None] * stride_a + cols[None, :], mask=r_ok[:, None] & cols_ok[None, :], other=0.0)
-    # float32 operands: tf32 holds bf16/fp16 exactly, and float32 weights get exact products (see lora_shrink)
+    # float32 operands: tf32 holds bf16/fp16 exactly, and float32 weights get exact products (dot_precision.py)
     delta = tl.dot(tl.trans(b_t.to(tl.float32)), a.to(tl.float32), input_precision=PRECISION)
     mask = rows_ok[:, None] & cols_ok[None, :]
     w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :], mask=mask, other=0.0)
@@ -48,5 +49,5 @@ def lora_merge(out: torch.Tensor, w: torch.Tensor, b_t: torch.Tensor, a: torch.T
         out, w, b_t, a, float(scale), h_out, h_in, rank,
         out.stride(0), w.stride(0), b_t.stride(0), a.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_R=max(16, triton.next_power_of_2(rank)),
-        PRECISION="ieee" if w.dtype == torch.float32 else "tf32",
+        PRECISION=dot_precision(w.dtype),
     )

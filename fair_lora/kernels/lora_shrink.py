@@ -8,17 +8,18 @@ load nothing and only write zeros, and rank-0 slots (projection not targeted) co
 projections of the same x (q/k/v, gate/up) stacks their A along the rank, so one launch computes all their v
 columns; each rank block belongs to one sub-projection (R is a multiple of BLOCK_R) and masks by its rank.
 
-A tile is at most 16-32 rows by 16 rank columns, so one program's dot over all of H_in is a long serial chain
-on one SM: on an H200 a 11008-wide shrink took 30 µs at decode batch 128 that way. So the wrapper splits H_in
-over programs (split-K), each walking at most MAX_K_BLOCKS blocks, more when the grid is small, and they add
-their partial sums into a zeroed v with float32 atomics. Their order is free, so v may differ in the last bit
-between runs; only an H_in of at most MAX_K_BLOCKS blocks gives one split and a deterministic v. The grid
-counts every tile of a CUDA-graph bucket, most of them empty padding; those programs exit at once.
+A tile is at most 16-32 rows by 16 rank columns, so one program's dot over all of H_in would be a long serial
+chain on one SM, the kernel's latency for a wide H_in. So the wrapper splits H_in over programs (split-K), each
+walking at most MAX_K_BLOCKS blocks, more when the grid is small, and they add their partial sums into a zeroed
+v with float32 atomics. Their order is free, so v may differ in the last bit between runs; only an H_in of at
+most MAX_K_BLOCKS blocks gives one split and a deterministic v. The grid counts every tile of a CUDA-graph
+bucket, most of them empty padding; those programs exit at once.
 """
 import torch
 import triton
 import triton.language as tl
 
+from fair_lora.kernels.dot_precision import dot_precision
 from fair_lora.kernels.lora_batch import LoRABatch
 from fair_lora.kernels.lora_slots import LoRASlots
 
@@ -49,7 +50,8 @@ def _shrink_kernel(
     r_ok = r - sub * width < rank
     x_rows = x_ptr + t[:, None] * stride_x
     a_rows = a_ptr + slot * stride_a_slot + r[:, None] * stride_a_rank
-    acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)  # not tl.zeros: see _precision
+    # Not tl.zeros: a @jit helper, which breaks in the interpreter when triton was imported before TRITON_INTERPRET.
+    acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)
     k_first = split * k_per_split
     # No work past the slot's rank, nor for an empty tile (the padding of a CUDA-graph bucket).
     active = (r_block * BLOCK_R - sub * width < rank) & (first < end)
@@ -90,14 +92,6 @@ def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Te
         h_in, width, num_rows, num_slots, split_k, triton.cdiv(k_blocks, split_k) * BLOCK_K,
         x.stride(0), slots.a.stride(0), slots.a.stride(1), v.stride(0),
         BLOCK_E=batch.tile_entries, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, ATOMIC=split_k > 1,
-        PRECISION=_precision(x.dtype),
+        PRECISION=dot_precision(x.dtype),
     )
     return v
-
-
-def _precision(dtype: torch.dtype) -> str:
-    """The kernels upcast dot operands to float32: tf32 holds bf16/fp16 values exactly, so 16-bit models lose
-    nothing, and float32 models, the fidelity reference, get exact products. It also keeps them right in
-    Triton's CPU interpreter, which multiplies bf16 operands as raw integers; so does using no @jit helpers
-    of triton.language (tl.zeros), which break there when triton was imported before TRITON_INTERPRET was set."""
-    return "ieee" if dtype == torch.float32 else "tf32"

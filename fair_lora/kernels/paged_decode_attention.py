@@ -17,8 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fair_lora.kernels.attention_common import LOG2E, precision, reduce_max, reduce_sum, upcast
+from fair_lora.kernels.attention_common import LOG2E, reduce_max, reduce_sum
 from fair_lora.kernels.attention_metadata import AttentionMetadata
+from fair_lora.kernels.dot_precision import dot_precision, dot_upcast
 
 MIN_SPLIT_TOKENS = 128  # a split shorter than this costs more in its reduction than its parallelism saves
 MAX_SPLITS = 64
@@ -133,7 +134,7 @@ def paged_decode_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         meta.block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=_block_n(q.dtype), BLOCK_D=block_d,
-        SPLIT=num_splits > 1, UPCAST=upcast(q.dtype), PRECISION=precision(q.dtype), num_warps=4, num_stages=2,
+        SPLIT=num_splits > 1, UPCAST=dot_upcast(q.dtype), PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2,
     )
     if num_splits > 1:
         _decode_reduce_kernel[(num_seqs, num_heads)](

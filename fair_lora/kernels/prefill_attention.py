@@ -15,8 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fair_lora.kernels.attention_common import LOG2E, precision, reduce_max, reduce_sum, upcast
+from fair_lora.kernels.attention_common import LOG2E, reduce_max, reduce_sum
 from fair_lora.kernels.attention_metadata import AttentionMetadata
+from fair_lora.kernels.dot_precision import dot_precision, dot_upcast
 
 
 @triton.jit
@@ -138,7 +139,7 @@ def prefill_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         meta.block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(head_dim),
-        UPCAST=upcast(q.dtype), PRECISION=precision(q.dtype), num_warps=num_warps, num_stages=2,
+        UPCAST=dot_upcast(q.dtype), PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=2,
     )
     return out
 

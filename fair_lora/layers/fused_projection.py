@@ -2,8 +2,8 @@
 
 The member LoRALinears keep their module paths, so checkpoints, PEFT adapter keys, the adapter pool and the
 hot merge address them as before; after loading, their weights become row views of the stacked weight, so
-writing a member's weight (a merge, a restore) writes the fused one. On an H200 at decode batch 32 this turns
-three GEMMs into one and, with the correction's group launches, 14 correction launches per layer into 8.
+writing a member's weight (a merge, a restore) writes the fused one. This turns three GEMMs into one and, with
+the correction's group launches, 14 correction launches per layer into 8.
 """
 from dataclasses import dataclass
 

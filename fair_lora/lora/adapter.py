@@ -146,6 +146,14 @@ def _expected(
     return module, part
 
 
+def check_fits(adapter: LoRAAdapter, shapes: dict[str, tuple[int, int]], max_rank: int) -> None:
+    """An adapter built in memory (benchmarks) must fit the base model as a loaded one is checked to."""
+    for path, (a, b) in adapter.weights.items():
+        fits = path in shapes and (a.shape[1], b.shape[0]) == shapes[path]
+        if not fits or not a.shape[0] == b.shape[1] == adapter.rank <= max_rank:
+            raise AdapterFormatError(f"in-memory adapter {adapter.name!r}: {path} does not fit the base model")
+
+
 def load_adapter(
     name: str,
     path: str | Path,
