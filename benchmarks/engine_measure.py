@@ -91,6 +91,7 @@ def make_engine(
         max_num_seqs=s.max_batch,
         max_num_batched_tokens=max(s.fill_budget, s.prefill_len),
         num_kv_blocks=max(decode_blocks, prefill_blocks),
+        max_model_len=max(s.context + s.max_tokens, s.prefill_len + 1),  # the cache holds one of these at least
         block_size=s.block_size,
         warmup=False,  # the step benchmark warms up its own shapes; adapters are added after construction
     )

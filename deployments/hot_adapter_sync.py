@@ -7,6 +7,7 @@ from collections import deque
 from typing import Protocol
 
 from deployments.popularity_link import PopularityLink
+from deployments.worker_metrics import WorkerMetrics
 from deployments.worker_protocol import Assignment, WorkerReport
 from fair_lora import FairLoRAError
 
@@ -20,6 +21,7 @@ class SyncedWorker(Protocol):
     hot_adapter: str | None
     queue: int
     runtime_adapters: dict[str, str]
+    metrics: WorkerMetrics
 
     def service(self) -> dict[str, float]: ...
     async def adapters(self) -> list[str]: ...
@@ -43,6 +45,7 @@ class HotAdapterSync:
 
     async def sync(self) -> None:
         w = self.worker
+        w.metrics.set_hot(w.hot_adapter)  # a gauge left unset for a while drops out of Ray's export: keep it fresh
         report = WorkerReport(w.rank, w.world_size, w.hot_adapter, w.queue, dict(w.runtime_adapters), w.service())
         assignment: Assignment | None = await self.link.call("sync_worker", report)
         if assignment is None:

@@ -39,8 +39,9 @@ def test_the_profile_forward_runs_the_largest_step_and_frees_its_cache(demo):
     assert all(layer.self_attn.k_cache is None for layer in engine.model.model.layers)
 
 
-def test_warm_up_leaves_the_engine_as_it_found_it(demo, oracle):
-    engine = make_engine(demo, max_num_seqs=8)
+@pytest.mark.parametrize("mode", ["fair", "slora"])
+def test_warm_up_leaves_the_engine_as_it_found_it(demo, oracle, mode):
+    engine = make_engine(demo, max_num_seqs=8, mode=mode)
     engine.add_request("counted", "adapter-2", greedy(2))
     while engine.has_unfinished():
         engine.step()

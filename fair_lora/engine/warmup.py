@@ -57,15 +57,16 @@ def run_warm_up(engine) -> None:
     for name in adapters[: engine.pool.num_slots]:  # resident and unpinned: the LRU keeps them until needed
         engine.pool.acquire(name)
         engine.pool.release(name)
-    hot_choices = [None] + (adapters[:1] if engine.hot_switch.merger is not None else [])
-    for choice in hot_choices:
-        engine.set_hot_adapter(choice)
+    merges = engine.hot_switch.merger is not None  # slora never merges: its prefills run once, unmerged
+    for choice in [None, *adapters[:1]] if merges else [None]:
+        if merges:
+            engine.set_hot_adapter(choice)
         _prefills(engine, adapters)
-    if engine.hot_switch.merger is not None:
+    if merges:
         engine.set_hot_adapter(hot)
     graphs = engine.runner.graphs
     if graphs is not None:
-        hot_slots = (None, 1) if engine.hot_switch.merger is not None else (None,)
+        hot_slots = (None, 1) if merges else (None,)
         graphs.capture_all(engine.pool.slot_scales, hot_slots)
     engine.window = engine.hot_switch.window = window
     engine.hot_switch.switches[:] = switches
