@@ -140,6 +140,28 @@ def test_load_and_unload_reach_every_worker(app, client, offline_engine):
         client.completions.create(model="copy-of-0", prompt="gone", max_tokens=4)
 
 
+def test_requests_arriving_during_an_unload_are_refused_cleanly_and_a_cancelled_unload_changes_nothing(
+    app, offline_engine
+):
+    """An unload's first phase stops every worker admitting the adapter: a request routed then gets a 404, never a
+    failure mid-way; if the unload is called off (a worker was busy), requests are served again."""
+    from ray import serve
+
+    path = str(offline_engine.model_dir.parent / "adapters" / "adapter-1")
+    workers = serve.get_deployment_handle("LoRAWorker", app_name=app.name)
+    body = {"model": "copy-of-1", "prompt": "during an unload", "max_tokens": 4}
+    with app.client() as c:
+        assert c.post("/v1/load_lora_adapter", json={"lora_name": "copy-of-1", "lora_path": path}).status_code == 200
+        try:
+            assert workers.broadcast("begin_unload", "copy-of-1").results(timeout_s=30) == [None, None]
+            refused = c.post("/v1/completions", json=body)
+            assert refused.status_code == 404 and "being unloaded" in refused.json()["error"]["message"]
+            workers.broadcast("cancel_unload", "copy-of-1").results(timeout_s=30)
+            assert c.post("/v1/completions", json=body).status_code == 200
+        finally:
+            assert c.post("/v1/unload_lora_adapter", json={"lora_name": "copy-of-1"}).status_code == 200
+
+
 def test_client_disconnect_aborts_the_request_and_frees_its_blocks(app):
     def aborted() -> int:  # requests the engine dropped unfinished (engine.abort returned True)
         return sum(w["aborted"] for w in app.stats()["workers"])
