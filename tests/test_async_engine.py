@@ -3,6 +3,7 @@ Concurrent requests share steps and equal LLMEngine.generate(); stop strings end
 deltas never retract and add up to the text; an abort frees its blocks; a dead engine process fails its
 requests at once instead of hanging them."""
 import asyncio
+import threading
 
 import pytest
 
@@ -23,23 +24,42 @@ def offline(demo):
     return LLMEngine(_config(demo))
 
 
-def run(coroutine_fn, demo, on_step=None):
-    """Start a serving engine, run `coroutine_fn(engine)`, always stop the engine process."""
+class Served:
+    """One serving engine for the module, on an event loop of its own thread (an engine process takes seconds to
+    start); `run(fn)` runs `fn(engine)` on that loop and returns its result."""
 
-    async def main():
-        engine = await AsyncLLMEngine.start(_config(demo), on_step=on_step, torch_threads=1)
-        try:
-            return await coroutine_fn(engine)
-        finally:
-            await engine.close()
+    def __init__(self, demo) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.steps: list[int] = []
+        self.engine = self._wait(AsyncLLMEngine.start(_config(demo), on_step=self._on_step, torch_threads=1))
 
-    return asyncio.run(main())
+    def _on_step(self, report) -> None:
+        self.steps.append(report.stats.num_seqs)
+
+    def _wait(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=120)
+
+    def run(self, fn):
+        return self._wait(fn(self.engine))
+
+    def close(self) -> None:
+        self._wait(self.engine.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
 
 
-def test_concurrent_requests_share_steps_and_equal_generate(demo, offline):
+@pytest.fixture(scope="module")
+def served(demo):
+    served = Served(demo)
+    yield served
+    served.close()
+
+
+def test_concurrent_requests_share_steps_and_equal_generate(served, offline):
     params = SamplingParams(max_tokens=12, ignore_eos=True, logprobs=True)
     want = offline.generate(["served"] * 4, ADAPTERS, params)
-    batch_sizes: list[int] = []
 
     async def collect(stream):
         return [d async for d in stream.deltas()]
@@ -48,17 +68,18 @@ def test_concurrent_requests_share_steps_and_equal_generate(demo, offline):
         streams = [await engine.add("served", adapter, params) for adapter in ADAPTERS]
         return streams, await asyncio.gather(*(collect(s) for s in streams))
 
-    streams, deltas = run(requests, demo, on_step=lambda report: batch_sizes.append(report.stats.num_seqs))
+    served.steps.clear()
+    streams, deltas = served.run(requests)
     for stream, got, expected in zip(streams, deltas, want):
         assert stream.token_ids == expected.token_ids and stream.text == expected.text
         assert [t for d in got for t in d.token_ids] == expected.token_ids
         assert "".join(d.text for d in got) == expected.text, "deltas must add up to the text"
         assert max(abs(a - b) for a, b in zip(stream.logprobs, expected.logprobs)) < 1e-5
         assert got[-1].finished and got[-1].finish_reason == "length" and not any(d.finished for d in got[:-1])
-    assert max(batch_sizes) > 1
+    assert max(served.steps) > 1
 
 
-def test_stop_strings_end_requests_as_the_in_process_engine_does(demo, offline):
+def test_stop_strings_end_requests_as_the_in_process_engine_does(served, offline):
     free = offline.generate(["stop here"], [None], SamplingParams(max_tokens=40, ignore_eos=True))[0].text
     stop = free[len(free) // 2 : len(free) // 2 + 2]  # two characters from the middle of the output
     params = SamplingParams(max_tokens=40, ignore_eos=True, stop=[stop])
@@ -69,23 +90,23 @@ def test_stop_strings_end_requests_as_the_in_process_engine_does(demo, offline):
         texts = [d.text async for d in stream.deltas()]
         return stream, texts, await engine.call("stats")
 
-    stream, texts, stats = run(request, demo)
+    stream, texts, stats = served.run(request)
     assert want.finish_reason == stream.finish_reason == "stop"
     assert stream.text == want.text == "".join(texts) and stop not in stream.text
     assert stats["running"] == 0, "the engine process went on generating after the stop string"
 
 
-def test_refused_requests_raise_before_any_output(demo):
+def test_refused_requests_raise_before_any_output(served):
     async def request(engine):
         with pytest.raises(UnknownAdapterError):
             await engine.add("x", "no-such-adapter", SamplingParams())
         return await engine.call("stats")
 
-    stats = run(request, demo)
+    stats = served.run(request)
     assert stats["waiting"] == stats["running"] == 0
 
 
-def test_abort_frees_every_block(demo):
+def test_abort_frees_every_block(served):
     async def request(engine):
         stream = await engine.add("long", "adapter-3", SamplingParams(max_tokens=400, ignore_eos=True))
         async for _ in stream.deltas():
@@ -98,7 +119,7 @@ def test_abort_frees_every_block(demo):
             await asyncio.sleep(0.05)
         return stats
 
-    stats = run(request, demo)
+    stats = served.run(request)
     assert stats["running"] == stats["waiting"] == 0 and stats["free_blocks"] == stats["num_blocks"]
 
 
