@@ -17,7 +17,10 @@ def triton_compiles() -> Iterator[list[str] | None]:
     previous = knobs.runtime.jit_post_compile_hook
 
     def hook(*args, **kwargs):
-        compiled.append(kwargs.get("repr") or str(kwargs.get("fn")))
+        # The repr names the kernel and each argument's specialisation; the configs hold the pointer
+        # alignments: what tells a missed warm-up shape apart.
+        configs = (kwargs.get("compile") or {}).get("configs")
+        compiled.append(f"{kwargs.get('repr') or kwargs.get('fn')} configs={configs}")
         return previous(*args, **kwargs) if previous else None
 
     knobs.runtime.jit_post_compile_hook = hook

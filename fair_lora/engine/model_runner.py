@@ -8,6 +8,7 @@ from fair_lora.engine.host_upload import HostUpload
 from fair_lora.engine.scheduler import ScheduledSeq
 from fair_lora.kernels.attention_metadata import AttentionMetadata
 from fair_lora.kernels.lora_batch import lora_batch_on_device, lora_tables
+from fair_lora.kernels.packed_fields import pack, unpack
 from fair_lora.layers.forward_batch import ForwardBatch
 from fair_lora.models.llama import LlamaForCausalLM
 
@@ -55,15 +56,16 @@ class ModelRunner:
         width = max(len(s.seq.block_table) for s in scheduled)
         tables = [s.seq.block_table + [-1] * (width - len(s.seq.block_table)) for s in scheduled]
         lora = lora_tables(np.array(token_slots, dtype=np.int64), slot_scales.numpy(), hot_slot)
-        # One int64 array, one copy: the int64 fields first, then the int32 ones (scales as their float32 bits).
+        # One int64 array, one copy: the int64 fields first, then the int32 ones (scales as their float32 bits),
+        # every field starting 16-byte aligned (see packed_fields.py).
         int64_fields = [ids, pos, slots, sample_rows, lora.token_idx]
-        int32_fields = [query_start, context_lens, np.array(tables).reshape(-1), np.concatenate(lora.int32_tables),
+        int32_fields = [query_start, context_lens, np.array(tables).reshape(-1), lora.packed_int32(),
                         lora.scale.view(np.int32)]
-        sizes = [len(a) for a in int64_fields + int32_fields]
-        device = self.upload(np.concatenate([np.asarray(a, dtype=np.int64) for a in int64_fields + int32_fields]))
-        n = len(int64_fields)
-        ids_t, pos_t, slot_mapping, logits_rows, token_idx = device[: sum(sizes[:n])].split(sizes[:n])
-        query_start_t, context_lens_t, tables_t, lora_int32, scale = device[sum(sizes[:n]) :].int().split(sizes[n:])
+        int64_part = pack(int64_fields)
+        device = self.upload(np.concatenate([int64_part, pack(int32_fields)]))
+        ids_t, pos_t, slot_mapping, logits_rows, token_idx = unpack(device, [len(a) for a in int64_fields])
+        query_start_t, context_lens_t, tables_t, lora_int32, scale = unpack(
+            device[len(int64_part) :].int(), [len(a) for a in int32_fields])
         attn = AttentionMetadata(
             slot_mapping=slot_mapping,
             query_start=query_start_t,

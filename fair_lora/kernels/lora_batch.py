@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fair_lora.kernels.packed_fields import pack, unpack
 
 DECODE_TILE = 16  # entries per tile in batches of up to 512 tokens (every decode step)
 
@@ -54,6 +55,10 @@ class LoRATables:
     seg_slot_host: tuple[int, ...]
     hot_slot: int | None
     tile_entries: int
+
+    def packed_int32(self) -> np.ndarray:
+        """The int32 tables in one array, each 16-byte aligned, as `lora_batch_on_device` takes them."""
+        return pack(list(self.int32_tables), np.int32)
 
 
 def lora_tables(token_slots: np.ndarray, slot_scales: np.ndarray, hot_slot: int | None) -> LoRATables:
@@ -100,7 +105,7 @@ def lora_batch_on_device(
     tables: LoRATables, token_idx: torch.Tensor, scale: torch.Tensor, int32_tables: torch.Tensor
 ) -> LoRABatch:
     """The batch over device copies of `tables`: token_idx int64, scale float32, and its int32 tables in one."""
-    hot_entry_of, hot_t, shrink, expand = int32_tables.split([len(t) for t in tables.int32_tables])
+    hot_entry_of, hot_t, shrink, expand = unpack(int32_tables, [len(t) for t in tables.int32_tables])
     return LoRABatch(
         num_tokens=tables.num_tokens,
         token_idx=token_idx,
@@ -121,7 +126,7 @@ def build_lora_batch(
 ) -> LoRABatch:
     """`lora_tables` of host tensors, sent to `device` (the engine's runner packs them with its other inputs)."""
     t = lora_tables(token_slots.numpy(), slot_scales.numpy(), hot_slot)
-    int32_tables = torch.from_numpy(np.concatenate(t.int32_tables)).to(device)
+    int32_tables = torch.from_numpy(t.packed_int32()).to(device)
     token_idx, scale = torch.from_numpy(t.token_idx).to(device), torch.from_numpy(t.scale).to(device)
     return lora_batch_on_device(t, token_idx, scale, int32_tables)
 

@@ -55,7 +55,8 @@ def _b_block(b_t_ptr, slot, rank, n, n_ok, stride_b_slot, stride_b_rank, BLOCK_R
     return b.to(tl.float32)  # float32 operands: see dot_precision.py
 
 
-@triton.jit
+# blocks_per_program follows the batch's tile count: unspecialised, so no batch shape compiles its own variant.
+@triton.jit(do_not_specialize=["blocks_per_program"])
 def _expand_kernel(
     y_ptr, v_ptr, b_t_ptr, token_idx_ptr, scale_ptr, hot_entry_of_ptr, tiles_ptr, ranks_ptr, hot_slot_ptr,
     num_blocks, blocks_per_program, width, num_slots, stride_y, stride_v, stride_b_slot, stride_b_rank,

@@ -29,7 +29,8 @@ BUSY_GRID = 512  # programs enough to keep an H100/H200 busy; split H_in until t
 MAX_K_BLOCKS = 8  # the most H_in blocks one program walks: its serial dot chain bounds the kernel's latency
 
 
-@triton.jit
+# split_k follows the batch's tile count: unspecialised, so no batch shape compiles a variant of its own.
+@triton.jit(do_not_specialize=["split_k"])
 def _shrink_kernel(
     x_ptr, a_ptr, v_ptr, token_idx_ptr, tiles_ptr, ranks_ptr,
     h_in, width, num_rows, num_slots, split_k, k_per_split, stride_x, stride_a_slot, stride_a_rank, stride_v,

@@ -60,7 +60,9 @@ def _find_seq(query_start_ptr, tile, num_seqs, BLOCK_Q: tl.constexpr):
     return lo - 1
 
 
-@triton.jit
+# The sequence count and the block table's width follow the batch: unspecialised (Triton would compile a
+# variant for 1, for multiples of 16 and for the rest), so no batch shape compiles while serving.
+@triton.jit(do_not_specialize=["num_seqs", "stride_table"])
 def _prefill_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, query_start_ptr, context_lens_ptr, block_tables_ptr,
     num_seqs, scale_log2, head_dim, block_size,
