@@ -166,8 +166,6 @@ class Run:
         else:
             self.results["configs"].append(record)
             self._check(record)
-            if record["startup"]["warmup_workaround"]:
-                self.note(f"{config.name}: {record['startup']['warmup_workaround']}")
         free_device(torch.device(self.s.device))
         self.spent.append((self.prior(config), self.elapsed() - started))
 

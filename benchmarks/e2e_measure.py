@@ -18,7 +18,7 @@ from benchmarks.e2e_workload import Settings
 from benchmarks.engine_measure import add_adapters
 from benchmarks.roofline import synchronize
 from benchmarks.trace import TraceRequest, prompt_token_ids
-from fair_lora import EngineConfig, FairLoRAError, LLMEngine, SamplingParams
+from fair_lora import EngineConfig, LLMEngine, SamplingParams
 from fair_lora.lora.adapter import LoRAAdapter
 
 PERCENTILES = (50, 90, 99)
@@ -62,7 +62,7 @@ def build_engine(
             for adapter in adapters:
                 engine.add_adapter(adapter)
         added = time.perf_counter()
-        workaround = _warm_up(engine)
+        engine.warm_up()
         ready = time.perf_counter()
     startup = {
         "seconds": ready - start,
@@ -74,33 +74,11 @@ def build_engine(
         "compiled_kernels": dict(compiles.kernels),
         "graphs_captured": graphs_captured(engine),
         "resident_adapters": resident_adapters(engine),
-        "warmup_workaround": workaround,
         "adapters": len(engine.adapters()),
         "memory_plan": engine.memory_plan.describe(),
         "kv_blocks": engine.memory_plan.num_blocks,
     }
     return engine, startup, adapters
-
-
-def _warm_up(engine: LLMEngine) -> str | None:
-    """engine.warm_up(); returns None, or what had to be worked around for it to finish.
-
-    A slora engine's warm-up at 99274e3 asks to restore base weights it never merged (set_hot_adapter(None)),
-    which slora refuses: then it runs once more with that one call a no-op, as it is on a fair engine with
-    nothing merged. Remove this once the engine's warm-up skips the call on slora engines."""
-    try:
-        engine.warm_up()
-        return None
-    except FairLoRAError:
-        if engine.hot_switch.merger is not None:
-            raise
-    switch = engine.set_hot_adapter
-    engine.set_hot_adapter = lambda name: 0.0 if name is None and engine.hot_adapter is None else switch(name)
-    try:
-        engine.warm_up()
-    finally:
-        del engine.set_hot_adapter
-    return "slora warm_up() raised on set_hot_adapter(None); rerun with that call a no-op"
 
 
 def submit(engine: LLMEngine, requests: list[TraceRequest], names: list[str]) -> dict[str, float]:

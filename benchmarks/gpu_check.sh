@@ -4,7 +4,8 @@
 #   tests       every GPU test (pytest -m gpu)
 #   serve       benchmarks/gpu_serve_check.py: the presets served with random weights (needs .ray-pack, see below)
 #   servebench  benchmarks/serve_bench.py: HTTP against the engine (needs .ray-pack)
-#   e2e         benchmarks/e2e_bench.py: the engine end to end through generate()
+#   e2e         benchmarks/e2e_bench.py: the engine end to end through generate() (E2E_ARGS: its flags)
+#   harness     benchmarks/gpu_harness.sh: launch_server.py + run_exp.py, fair then slora (needs .ray-pack)
 #   kernels | sweep | merge | profile   the correction kernels alone, the expand's tiling, the merge, step profiles
 # (no argument: tests kernels profile). The step benchmark is its own call: python -m benchmarks.engine_bench.
 # Ray is not on the GPU machine: ../shared/tools/pack-ray.sh makes .ray-pack/raysite.tgz; carry .ray-pack.
@@ -21,10 +22,11 @@ parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(tests kernels profile)
 for part in "${parts[@]}"; do
   echo "== $part $(date +%T)"
   case $part in
-    tests) python -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" | tail -8 ;;
+    tests) python -m pytest -m gpu -q -p no:cacheprovider --durations=12 tests 2>&1 | tee "$out/gpu_tests.log" | tail -40 ;;
     serve) PYTHONPATH=$with_ray python -m benchmarks.gpu_serve_check ${SERVE_CHECK_ARGS:-} 2>&1 | tee "$out/gpu_serve_check.log" | grep -v '^{' | tail -12 ;;
     servebench) PYTHONPATH=$with_ray python -m benchmarks.serve_bench --out "$out" ${SERVE_BENCH_ARGS:-} 2>&1 | tee "$out/serve_bench.log" | grep '^  \|^|' ;;
-    e2e) python -m benchmarks.e2e_bench --out "$out" 2>&1 | tee "$out/e2e_bench.log" | tail -30 ;;
+    e2e) python -m benchmarks.e2e_bench --out "$out" ${E2E_ARGS:-} 2>&1 | tee "$out/e2e_bench.log" | tail -30 ;;
+    harness) PYTHONPATH=$with_ray bash benchmarks/gpu_harness.sh ;;
     kernels) python -m benchmarks.correction_bench 2>&1 | tee "$out/correction_bench.log" | grep '^|' ;;
     sweep)  # the grouped expand's tiling (~2 min): pick from the per-step summary at the end
       python -m benchmarks.correction_bench --batches 32,128 --mixes 1,2 --iters 30 \

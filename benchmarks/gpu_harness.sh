@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The experiment harness on one GPU, both modes in turn: launch_server.py on S-LoRA's S1 setting (Llama-7B
+# shapes, random weights, rank-8 adapters), then run_exp.py's Fair-SLoRA suite and a rate sweep against it.
+# Usage (GPU machine, repository root, Ray from .ray-pack as in gpu_check.sh):
+#   HARNESS_SCALE=0.1 HARNESS_SUITE_ARGS="--num-adapters 100" bash benchmarks/gpu_harness.sh [fair slora]
+# HARNESS_SCALE shortens every trace (run_exp.py --duration-scale); HARNESS_SWEEP_ALPHAS ("0.1 1" by default;
+# empty: no sweep). Results: $OUT/all_results_<mode>.jsonl and $OUT/harness_<mode>.log.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
+out=${OUT:-/tmp/fair_lora_gpu}; mkdir -p "$out"
+scale=${HARNESS_SCALE:-0.1}
+sweep_alphas=${HARNESS_SWEEP_ALPHAS-0.1 1}
+modes=("$@"); [ ${#modes[@]} -eq 0 ] && modes=(fair slora)
+cd benchmarks
+for mode in "${modes[@]}"; do
+  flag=""; [ "$mode" = fair ] && flag=--fair_strategy
+  echo "== harness $mode $(date +%T)"
+  python launch_server.py $flag --num-adapter 100 --model-setting S1 --dummy --device cuda --dtype bfloat16 \
+    --cache-dir /tmp/fair_lora_assets > "$out/harness_server_$mode.log" 2>&1 &
+  server=$!
+  for _ in $(seq 600); do
+    grep -q "server ready" "$out/harness_server_$mode.log" && break
+    kill -0 $server 2>/dev/null || break
+    sleep 1
+  done
+  grep "server ready\|memory plan\|warm-up" "$out/harness_server_$mode.log" | tail -3
+  if grep -q "server ready" "$out/harness_server_$mode.log"; then
+    python run_exp.py --fair --model-setting S1 --duration-scale "$scale" ${HARNESS_SUITE_ARGS:-} \
+      --output "$out/all_results_$mode.jsonl" 2>&1 | tee "$out/harness_$mode.log" | grep -v '%|' | tail -14
+    if [ -n "$sweep_alphas" ]; then
+      python run_exp.py --suite rate-sweep --alphas $sweep_alphas --model-setting S1 --duration-scale "$scale" \
+        --sweep-refine ${HARNESS_SWEEP_REFINE:-1} --output "$out/all_results_$mode.jsonl" --append 2>&1 \
+        | tee -a "$out/harness_$mode.log" | grep -v '%|' | tail -14
+    fi
+  else
+    echo "server for $mode did not start"; tail -30 "$out/harness_server_$mode.log"
+  fi
+  kill -INT $server 2>/dev/null; wait $server
+done
