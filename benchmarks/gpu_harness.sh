@@ -4,7 +4,7 @@
 # Usage (GPU machine, repository root, Ray from .ray-pack as in gpu_check.sh):
 #   HARNESS_SCALE=0.1 HARNESS_SUITE_ARGS="--num-adapters 100" bash benchmarks/gpu_harness.sh [fair slora]
 # HARNESS_SCALE shortens every trace (run_exp.py --duration-scale); HARNESS_SWEEP_ALPHAS ("0.1 1" by default;
-# empty: no sweep). Results: $OUT/all_results_<mode>.jsonl and $OUT/harness_<mode>.log.
+# empty: no sweep), HARNESS_SWEEP_ARGS (e.g. "--req-rates 8": where the doubling starts). Results: $OUT/all_results_<mode>.jsonl and $OUT/harness_<mode>.log.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
 out=${OUT:-/tmp/fair_lora_gpu}; mkdir -p "$out"
@@ -29,7 +29,7 @@ for mode in "${modes[@]}"; do
       --output "$out/all_results_$mode.jsonl" 2>&1 | tee "$out/harness_$mode.log" | grep -v '%|' | tail -14
     if [ -n "$sweep_alphas" ]; then
       python run_exp.py --suite rate-sweep --alphas $sweep_alphas --model-setting S1 --duration-scale "$scale" \
-        --sweep-refine ${HARNESS_SWEEP_REFINE:-1} --output "$out/all_results_$mode.jsonl" --append 2>&1 \
+        --sweep-refine ${HARNESS_SWEEP_REFINE:-1} ${HARNESS_SWEEP_ARGS:-} --output "$out/all_results_$mode.jsonl" --append 2>&1 \
         | tee -a "$out/harness_$mode.log" | grep -v '%|' | tail -14
     fi
   else

@@ -5,7 +5,7 @@ Triton compiles a kernel per combination of its constexpr arguments and of its i
 classes (1, a multiple of 16, anything else); the decode graphs are captured per (batch bucket, correction,
 hot merged). Both happen on first use and take up to seconds each; a server would show them to its first
 users. The warm-up runs the step shapes that select them: prefills of 1, 3 and 16 sequences, short and long
-(the correction's 32-entry tiles start past 512 tokens), with base and adapter tokens, with and without a
+(the correction's 32-entry tiles start past 512 tokens), each with base and adapter tokens, with and without a
 hot adapter merged; then a decode step at every graph bucket for each kind of batch.
 """
 import time
@@ -81,7 +81,9 @@ def _adapter_cycle(adapters: list[str], n: int) -> list[str | None]:
 
 def _prefills(engine, adapters: list[str]) -> None:
     longest = min(engine.config.max_num_batched_tokens, engine.max_model_len - 1)
-    shapes = [(1, longest), (1, 40), (3, 40), (16, 8), (16, min(40, longest // 16))]
+    # (3, longest // 3): past 512 tokens the correction takes 32-entry tiles, and its expand compiles apart with
+    # and without a hot adapter: that needs adapter tokens in a long step, which the one base prompt lacks.
+    shapes = [(1, longest), (3, longest // 3), (1, 40), (3, 40), (16, 8), (16, min(40, longest // 16))]
     vocab = engine.model.args.vocab_size
     for num_seqs, length in shapes:
         prompts = [[(7 * i + j) % (vocab - 1) + 1 for j in range(length)] for i in range(num_seqs)]
