@@ -17,10 +17,12 @@ def triton_compiles() -> Iterator[list[str] | None]:
     previous = knobs.runtime.jit_post_compile_hook
 
     def hook(*args, **kwargs):
-        # The repr names the kernel and each argument's specialisation; the configs hold the pointer
-        # alignments: what tells a missed warm-up shape apart.
-        configs = (kwargs.get("compile") or {}).get("configs")
-        compiled.append(f"{kwargs.get('repr') or kwargs.get('fn')} configs={configs}")
+        # What tells a missed warm-up shape apart: the argument types, the constexpr values and the
+        # specialisations (alignment / divisibility) of the variant.
+        info = kwargs.get("compile") or {}
+        name = getattr(kwargs.get("fn"), "name", None) or str(kwargs.get("repr"))[:60]
+        compiled.append(f"{name} signature={info.get('signature')} constants={info.get('constants')} "
+                        f"configs={info.get('configs')}")
         return previous(*args, **kwargs) if previous else None
 
     knobs.runtime.jit_post_compile_hook = hook

@@ -4,18 +4,22 @@
 # Usage (GPU machine, repository root, Ray from .ray-pack as in gpu_check.sh):
 #   HARNESS_SCALE=0.1 HARNESS_SUITE_ARGS="--num-adapters 100" bash benchmarks/gpu_harness.sh [fair slora]
 # HARNESS_SCALE shortens every trace (run_exp.py --duration-scale); HARNESS_SWEEP_ALPHAS ("0.1 1" by default;
-# empty: no sweep), HARNESS_SWEEP_ARGS (e.g. "--req-rates 8": where the doubling starts). Results: $OUT/all_results_<mode>.jsonl and $OUT/harness_<mode>.log.
+# empty: no sweep), HARNESS_SWEEP_ARGS (e.g. "--req-rates 8": where the doubling starts); HARNESS_SETTING,
+# HARNESS_SERVER_ARGS and HARNESS_ADAPTERS change the server (a CPU dry run: Demo, "--device cpu", 8).
+# Results: $OUT/all_results_<mode>.jsonl, $OUT/harness_<mode>.log and the server's log.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
 out=${OUT:-/tmp/fair_lora_gpu}; mkdir -p "$out"
 scale=${HARNESS_SCALE:-0.1}
+setting=${HARNESS_SETTING:-S1}
+server_args=${HARNESS_SERVER_ARGS:---dummy --device cuda --dtype bfloat16}
 sweep_alphas=${HARNESS_SWEEP_ALPHAS-0.1 1}
 modes=("$@"); [ ${#modes[@]} -eq 0 ] && modes=(fair slora)
 cd benchmarks
 for mode in "${modes[@]}"; do
   flag=""; [ "$mode" = fair ] && flag=--fair_strategy
   echo "== harness $mode $(date +%T)"
-  python launch_server.py $flag --num-adapter 100 --model-setting S1 --dummy --device cuda --dtype bfloat16 \
+  python launch_server.py $flag --num-adapter ${HARNESS_ADAPTERS:-100} --model-setting $setting $server_args \
     --cache-dir /tmp/fair_lora_assets > "$out/harness_server_$mode.log" 2>&1 &
   server=$!
   for _ in $(seq 600); do
@@ -25,10 +29,10 @@ for mode in "${modes[@]}"; do
   done
   grep "server ready\|memory plan\|warm-up" "$out/harness_server_$mode.log" | tail -3
   if grep -q "server ready" "$out/harness_server_$mode.log"; then
-    python run_exp.py --fair --model-setting S1 --duration-scale "$scale" ${HARNESS_SUITE_ARGS:-} \
+    python run_exp.py --fair --model-setting $setting --duration-scale "$scale" ${HARNESS_SUITE_ARGS:-} \
       --output "$out/all_results_$mode.jsonl" 2>&1 | tee "$out/harness_$mode.log" | grep -v '%|' | tail -14
     if [ -n "$sweep_alphas" ]; then
-      python run_exp.py --suite rate-sweep --alphas $sweep_alphas --model-setting S1 --duration-scale "$scale" \
+      python run_exp.py --suite rate-sweep --alphas $sweep_alphas --model-setting $setting --duration-scale "$scale" \
         --sweep-refine ${HARNESS_SWEEP_REFINE:-1} ${HARNESS_SWEEP_ARGS:-} --output "$out/all_results_$mode.jsonl" --append 2>&1 \
         | tee -a "$out/harness_$mode.log" | grep -v '%|' | tail -14
     fi

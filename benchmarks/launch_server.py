@@ -21,6 +21,7 @@ import httpx
 import psutil
 
 from benchmarks.synthetic_assets import SETTINGS, Assets, default_cache_dir, plan_assets
+from deployments.serve_env import direct_ingress_urls, use_throughput_mode
 
 APP_NAME = "fair_lora"
 READY_TIMEOUT_S = 1800.0  # a GPU worker loads the model and every adapter before it answers
@@ -135,6 +136,7 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
 
     url = f"http://127.0.0.1:{opts.port}"
     # address="local": always a cluster of our own, never one that RAY_ADDRESS or an earlier `ray start` names.
+    use_throughput_mode()
     ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False)
     # After ray.init, which installs its own SIGTERM handler: SIGTERM stops us the way Ctrl-C does, and so does
     # SIGINT even where the shell started us in the background with it ignored.
@@ -148,9 +150,13 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
         models = wait_ready(url, READY_TIMEOUT_S)
         extra = len(models["data"]) - 1 - num_adapters  # the demo's own adapters, served beside the copies
         session = ray._private.worker._global_node.get_session_dir_path()  # no public API names it
+        direct = direct_ingress_urls(APP_NAME)
         print(f"fair_lora server ready on {url}: mode {app_args['mode']}, setting {opts.model_setting}, "
               f"{num_adapters} adapters" + (f" (+{extra} of the model)" if extra else "") +
               f", scheduler {opts.scheduler}, device {opts.device}; Ray logs in {session}/logs", flush=True)
+        if direct:
+            print(f"fair_lora server: the ingress also serves on {', '.join(direct)} itself (faster: no proxy hop)",
+                  flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

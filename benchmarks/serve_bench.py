@@ -6,6 +6,8 @@ through the Ray Serve app over HTTP (one worker, the same engine settings), side
 
 For each case (base, fair at alpha 0.02, slora at alpha 1) and each number of requests in flight (1, 16, 64,
 256): tokens/s, TTFT and inter-token latency p50/p99 on both sides, HTTP streaming and not, and HTTP / engine.
+HTTP goes through Serve's proxy and, in Serve's throughput mode (deployments/serve_env.py), also straight to
+the ingress replica's own HTTP server ("direct"); the first and later waves go through the proxy's route.
 Right after the service reports ready a first wave (64 in flight, streaming) runs, and the same wave again at
 the end: their ratio shows start-up work left inside serving. Writes serve_bench_<date>_<device>.json, .md and
 .png into DIR.
@@ -90,7 +92,9 @@ def measure_engine(args: dict, case: Case, workloads: dict[int, list]) -> dict[i
             torch.cuda.empty_cache()
 
 
-def measure_http(url: str, case: Case, workloads: dict[int, list], streams: tuple[bool, ...]) -> dict:
+def measure_http(
+    url: str, case: Case, workloads: dict[int, list], streams: tuple[bool, ...], route: str = "proxy"
+) -> dict:
     """The same workloads over HTTP, streamed and not; plus the first and a later wave of the same requests."""
     wave = workloads.get(WAVE_CONCURRENCY) or workloads[max(workloads)]
     wave_c = WAVE_CONCURRENCY if WAVE_CONCURRENCY in workloads else max(workloads)
@@ -99,7 +103,7 @@ def measure_http(url: str, case: Case, workloads: dict[int, list], streams: tupl
         for stream in streams:
             key = f"{concurrency}/{'stream' if stream else 'whole'}"
             runs[key] = _http_run(url, requests, concurrency, stream, f"{case.name} c={concurrency} {key} ")
-            print(f"  http    {case.name:>10} c={concurrency:<4} {'stream' if stream else 'whole':6} "
+            print(f"  {route:7} {case.name:>10} c={concurrency:<4} {'stream' if stream else 'whole':6} "
                   f"{runs[key]['output_tokens_per_s']:9.1f} tok/s", flush=True)
     runs["later_wave"] = _http_run(url, wave, wave_c, True, f"{case.name} later wave ")
     return runs
@@ -128,8 +132,9 @@ def ratios(engine: dict[int, dict], http: dict) -> dict:
     return out
 
 
-def run_case(opts, case: Case, url: str, deploy, assets: tuple) -> dict:
-    """`deploy(args)` starts the app with these args and returns when it answers; it is undeployed after."""
+def run_case(opts, case: Case, service, assets: tuple) -> dict:
+    """Deploys the app for this case on `service` (a LocalService), measures, and removes it. HTTP goes through
+    Serve's proxy (the port users are given) and, where the ingress serves HTTP itself, straight to it."""
     model, adapters, demo_dir = assets
     args = app_args(opts, case, model, adapters, demo_dir)
     names = sorted(adapters) if adapters else []
@@ -138,14 +143,16 @@ def run_case(opts, case: Case, url: str, deploy, assets: tuple) -> dict:
         count = max(opts.min_requests, opts.requests_per_slot * c)
         workloads[c] = requests_for(case, names, count, opts.prompt_len, opts.output_len)
     engine = measure_engine(args, case, workloads)
-    undeploy = deploy(args)
+    undeploy = service.deploy(args)
     try:
-        http = measure_http(url, case, workloads, (True, False))
+        routes = {"proxy": service.url, "direct": service.direct_url()}
+        http = {route: measure_http(url, case, workloads, (True, False), route)
+                for route, url in routes.items() if url is not None}
     finally:
         undeploy()
     share = hot_share(next(iter(workloads.values())))
-    return {"case": case.name, "mode": case.mode, "alpha": case.alpha, "hot_share": share,
-            "engine": engine, "http": http, "ratios": ratios(engine, http)}
+    return {"case": case.name, "mode": case.mode, "alpha": case.alpha, "hot_share": share, "engine": engine,
+            "http": http, "ratios": {route: ratios(engine, runs) for route, runs in http.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in opts.cases.split(","):
             case = Case.parse(name)
             print(f"case {case.name}", flush=True)
-            results["cases"].append(run_case(opts, case, service.url, service.deploy, assets))
+            results["cases"].append(run_case(opts, case, service, assets))
             paths = write_outputs(results, out)
     print(json.dumps({c["case"]: c["ratios"] for c in results["cases"]}, indent=1))
     print("wrote", *map(str, paths.values()))

@@ -41,24 +41,29 @@ def markdown(results: dict) -> str:
     lines = [
         f"# Serving benchmark: HTTP (Ray Serve, 1 worker) against LLMEngine, {m['date']}, {m['device_name']}",
         "", f"versions: {json.dumps(m['versions'])}", f"settings: {json.dumps(results['settings'])}", "",
-        "| case | hot share | in flight | engine tok/s | HTTP stream tok/s | ratio | HTTP whole tok/s | ratio "
+        "| case | route | hot share | in flight | engine tok/s | HTTP stream tok/s | ratio | HTTP whole tok/s | ratio "
         "| TTFT p50 engine / HTTP (s) | ratio | ITL p50 engine / HTTP (ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in results["cases"]:
-        r = case["ratios"]
-        for c, e in case["engine"].items():
-            s, w = case["http"].get(f"{c}/stream", {}), case["http"].get(f"{c}/whole", {})
-            lines.append(
-                f"| {case['case']} | {case['hot_share']:.2f} | {c} | {e['output_tokens_per_s']:.0f} "
-                f"| {s.get('output_tokens_per_s', 0):.0f} | {_f(r.get(f'tok_s_stream_c{c}'))} "
-                f"| {w.get('output_tokens_per_s', 0):.0f} | {_f(r.get(f'tok_s_whole_c{c}'))} "
-                f"| {_f(e['ttft_p50'], 3)} / {_f(s.get('ttft_p50'), 3)} | {_f(r.get(f'ttft_p50_c{c}'))} "
-                f"| {_ms(e['inter_token_latency_p50'])} / {_ms(s.get('inter_token_latency_p50'))} |"
-            )
-        lines.append(f"| {case['case']} | | first wave / later wave | | | {_f(r['first_over_later_wave'])} | | | | | |")
-    failed = {c["case"]: sum(run["failed"] for run in c["http"].values()) for c in results["cases"]}
+        for route, http in case["http"].items():
+            r = case["ratios"][route]
+            for c, e in case["engine"].items():
+                s, w = http.get(f"{c}/stream", {}), http.get(f"{c}/whole", {})
+                lines.append(
+                    f"| {case['case']} | {route} | {case['hot_share']:.2f} | {c} | {e['output_tokens_per_s']:.0f} "
+                    f"| {s.get('output_tokens_per_s', 0):.0f} | {_f(r.get(f'tok_s_stream_c{c}'))} "
+                    f"| {w.get('output_tokens_per_s', 0):.0f} | {_f(r.get(f'tok_s_whole_c{c}'))} "
+                    f"| {_f(e['ttft_p50'], 3)} / {_f(s.get('ttft_p50'), 3)} | {_f(r.get(f'ttft_p50_c{c}'))} "
+                    f"| {_ms(e['inter_token_latency_p50'])} / {_ms(s.get('inter_token_latency_p50'))} |"
+                )
+            lines.append(f"| {case['case']} | {route} | | first wave / later wave | | | "
+                         f"{_f(r['first_over_later_wave'])} | | | | | |")
+    failed = {c["case"]: sum(run["failed"] for http in c["http"].values() for run in http.values())
+              for c in results["cases"]}
     lines += ["", f"failed HTTP requests per case: {json.dumps(failed)}",
+              "routes: proxy = Serve's HTTP proxy (the port users are given), direct = the ingress replica's own "
+              "HTTP server (Serve's direct ingress, on in its throughput mode)",
               f"targets: HTTP/engine tok/s >= {TARGET_TOK_S} at 64 and 256 in flight (H200; 0.80 CPU demo), TTFT p50 "
               f"<= {TARGET_TTFT}x the engine's, first wave >= {TARGET_WAVE}x a later wave"]
     return "\n".join(lines) + "\n"
@@ -84,10 +89,12 @@ def plot(results: dict, path: Path) -> None:
         cs = sorted(int(c) for c in case["engine"])
         tok, ttft = axes[0][col], axes[1][col]
         tok.plot(cs, [case["engine"][c]["output_tokens_per_s"] for c in cs], "o-", label="engine generate")
-        for kind in ("stream", "whole"):
-            tok.plot(cs, [case["http"][f"{c}/{kind}"]["output_tokens_per_s"] for c in cs], "s--", label=f"HTTP {kind}")
+        for route, http in case["http"].items():
+            for kind in ("stream", "whole"):
+                tok.plot(cs, [http[f"{c}/{kind}"]["output_tokens_per_s"] for c in cs], "s--" if route == "proxy"
+                         else "^:", label=f"HTTP {kind} ({route})")
+            ttft.plot(cs, [http[f"{c}/stream"]["ttft_p50"] for c in cs], "s--", label=f"HTTP stream ({route})")
         ttft.plot(cs, [case["engine"][c]["ttft_p50"] for c in cs], "o-", label="engine")
-        ttft.plot(cs, [case["http"][f"{c}/stream"]["ttft_p50"] for c in cs], "s--", label="HTTP stream")
         tok.set_title(f"{case['case']} (hot share {case['hot_share']:.2f})")
         tok.set_ylabel("output tokens/s")
         ttft.set_ylabel("TTFT p50 (s)")

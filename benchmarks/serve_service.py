@@ -44,7 +44,10 @@ class LocalService:
         import ray
         from ray import serve
 
+        from deployments.serve_env import use_throughput_mode
+
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        use_throughput_mode()
         ray.init(address="local", num_cpus=self.cpus, include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         return self
@@ -65,6 +68,13 @@ class LocalService:
                 pass
             time.sleep(1)
         raise TimeoutError(f"the app did not answer within {READY_TIMEOUT_S:.0f} s")
+
+    def direct_url(self) -> str | None:
+        """The deployed app's ingress replica's own HTTP server (Serve's direct ingress), if it has one."""
+        from deployments.serve_env import direct_ingress_urls
+
+        urls = direct_ingress_urls(APP)
+        return urls[0] if urls else None
 
     def _undeploy(self) -> None:
         from ray import serve

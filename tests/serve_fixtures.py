@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from deployments.serve_env import use_throughput_mode
 import torch
 import yaml
 
@@ -51,6 +53,7 @@ class Cluster:
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    use_throughput_mode()  # the serving tests run the mode the launchers and benchmarks use
     import ray
     from ray import serve
 

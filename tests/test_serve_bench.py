@@ -8,6 +8,7 @@ import pytest
 from benchmarks.serve_bench import app_args, measure_engine, measure_http, parse_args, ratios
 from benchmarks.serve_report import write_outputs
 from benchmarks.serve_workload import Case, engine_closed_loop, requests_for
+from deployments.serve_env import direct_ingress_urls
 from fair_lora.demo import make_demo
 from tests.serve_fixtures import deploy, undeploy
 
@@ -25,20 +26,25 @@ def test_engine_and_http_sides_measure_the_same_requests(ray_cluster, offline_en
     engine = measure_engine(args, case, workloads)
     app = deploy(ray_cluster, "serve_bench_app", {k: v for k, v in args.items() if k != "demo_dir"})
     try:
-        http = measure_http(app.url, case, workloads, (True, False))
+        direct = direct_ingress_urls("serve_bench_app")
+        assert len(direct) == 1, "in Serve's throughput mode the ingress replica serves HTTP itself"
+        routes = {"proxy": measure_http(app.url, case, workloads, (True, False)),
+                  "direct": measure_http(f"{direct[0]}/serve_bench_app", case, workloads, (True, False), "direct")}
     finally:
         undeploy(app)
-    for run in [*engine.values(), *http.values()]:
+    http = routes["proxy"]
+    for run in [*engine.values(), *http.values(), *routes["direct"].values()]:
         assert run["completed"] == run["num_requests"] and run["failed"] == 0, run["error_samples"]
         assert run["output_tokens"] == run["num_requests"] * opts.output_len
     assert http["4/stream"]["ttft_p50"] is not None and http["4/whole"]["ttft_p50"] is None
-    got = ratios(engine, http)
-    assert {"tok_s_stream_c4", "tok_s_whole_c4", "ttft_p50_c4", "first_over_later_wave"} <= set(got)
+    got = {route: ratios(engine, runs) for route, runs in routes.items()}
+    assert {"tok_s_stream_c4", "tok_s_whole_c4", "ttft_p50_c4", "first_over_later_wave"} <= set(got["direct"])
     results = {"settings": vars(opts), "cases": [{"case": case.name, "mode": case.mode, "alpha": case.alpha,
-                                                  "hot_share": 1.0, "engine": engine, "http": http, "ratios": got}]}
+                                                  "hot_share": 1.0, "engine": engine, "http": routes, "ratios": got}]}
     paths = write_outputs(results, tmp_path)
     assert json.loads(paths["json"].read_text())["meta"]["versions"]
-    assert "first wave / later wave" in paths["md"].read_text() and paths["png"].stat().st_size > 0
+    md = paths["md"].read_text()
+    assert "first wave / later wave" in md and "| direct |" in md and paths["png"].stat().st_size > 0
 
 
 def test_the_engine_side_gives_each_request_its_tokens(offline_engine):
