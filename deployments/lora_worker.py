@@ -77,7 +77,7 @@ class LoRAWorker:
     async def generate_once(self, request: GenerateRequest) -> Completion | Rejected | Failed:
         """The whole request in one message to the ingress."""
         try:
-            stream = await admit(self.engine, request, self.unloading)
+            stream = await admit(self.engine, request, self.unloading, deltas=False)
         except (FairLoRAError, EngineDeadError) as error:
             return self._refusal(error)
         admitted = self._admitted(request, stream)
@@ -98,8 +98,8 @@ class LoRAWorker:
         """The stream's deltas, with the request's metrics and access log taken on the way."""
         first = True
         async for delta in stream.deltas():
-            if first and delta.token_ids:
-                self.metrics.first_token(request.adapter, time.time() - request.arrival)
+            if first and stream.first_token_at is not None:
+                self.metrics.first_token(request.adapter, stream.first_token_at - request.arrival)
                 first = False
             yield delta
         seconds = time.time() - request.arrival

@@ -8,7 +8,9 @@ from fair_lora import RequestError, SamplingParams, UnknownAdapterError
 from fair_lora.engine.async_engine import AsyncLLMEngine, RequestStream
 
 
-async def admit(engine: AsyncLLMEngine, request: GenerateRequest, unloading: set[str]) -> RequestStream:
+async def admit(
+    engine: AsyncLLMEngine, request: GenerateRequest, unloading: set[str], deltas: bool = True
+) -> RequestStream:
     """Raises the FairLoRAError the request is refused for, before any output."""
     prompt = await asyncio.to_thread(render_prompt, engine.tokenizer, request)
     max_tokens = request.max_tokens
@@ -22,4 +24,4 @@ async def admit(engine: AsyncLLMEngine, request: GenerateRequest, unloading: set
         raise UnknownAdapterError(f"adapter {request.adapter!r} is being unloaded")
     # No await between that check and the add being sent to the engine (token-id prompts add without one): an
     # unload's in-use check, sent after the check above, reaches the engine after this request.
-    return await engine.add(prompt, request.adapter, params, request.request_id, request.client)
+    return await engine.add(prompt, request.adapter, params, request.request_id, request.client, deltas)

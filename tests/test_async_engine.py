@@ -79,6 +79,25 @@ def test_concurrent_requests_share_steps_and_equal_generate(served, offline):
     assert max(served.steps) > 1
 
 
+def test_a_request_without_deltas_wakes_its_consumer_once_with_the_whole_output(served, offline):
+    params = SamplingParams(max_tokens=12, ignore_eos=True, logprobs=True)
+    want = offline.generate(["whole"] * 2, ADAPTERS[:2], params)
+
+    async def collect(stream):
+        return [d async for d in stream.deltas()]
+
+    async def requests(engine):
+        streams = [await engine.add("whole", adapter, params, deltas=False) for adapter in ADAPTERS[:2]]
+        return streams, await asyncio.gather(*(collect(s) for s in streams))
+
+    streams, deltas = served.run(requests)
+    for stream, got, expected in zip(streams, deltas, want):
+        assert len(got) == 1 and got[0].finished and got[0].finish_reason == "length", "one wake-up, at the end"
+        assert stream.token_ids == expected.token_ids and stream.text == expected.text
+        assert max(abs(a - b) for a, b in zip(stream.logprobs, expected.logprobs)) < 1e-5
+        assert stream.first_token_at is not None
+
+
 def test_stop_strings_end_requests_as_the_in_process_engine_does(served, offline):
     free = offline.generate(["stop here"], [None], SamplingParams(max_tokens=40, ignore_eos=True))[0].text
     stop = free[len(free) // 2 : len(free) // 2 + 2]  # two characters from the middle of the output

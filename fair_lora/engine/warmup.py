@@ -80,10 +80,13 @@ def _adapter_cycle(adapters: list[str], n: int) -> list[str | None]:
 
 
 def _prefills(engine, adapters: list[str]) -> None:
-    longest = min(engine.config.max_num_batched_tokens, engine.max_model_len - 1)
-    # (3, longest // 3): past 512 tokens the correction takes 32-entry tiles, and its expand compiles apart with
-    # and without a hot adapter: that needs adapter tokens in a long step, which the one base prompt lacks.
-    shapes = [(1, longest), (3, longest // 3), (1, 40), (3, 40), (16, 8), (16, min(40, longest // 16))]
+    budget = engine.config.max_num_batched_tokens
+    longest = min(budget, engine.max_model_len - 1)
+    # A step as full as the budget allows, of base and adapter tokens: past 512 tokens the correction takes
+    # 32-entry tiles, compiled apart with and without a hot adapter, and a short max_model_len only gets there
+    # with several prompts.
+    many = min(engine.config.max_num_seqs, max(3, -(-budget // longest)))
+    shapes = [(1, longest), (many, budget // many), (1, 40), (3, 40), (16, 8), (16, min(40, longest // 16))]
     vocab = engine.model.args.vocab_size
     for num_seqs, length in shapes:
         prompts = [[(7 * i + j) % (vocab - 1) + 1 for j in range(length)] for i in range(num_seqs)]

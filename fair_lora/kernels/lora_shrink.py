@@ -11,8 +11,10 @@ columns; each rank block belongs to one sub-projection (R is a multiple of BLOCK
 A tile is at most 16-32 rows by 16 rank columns, so one program's dot over all of H_in would be a long serial
 chain on one SM, the kernel's latency for a wide H_in. So the wrapper splits H_in over programs (split-K), each
 walking at most MAX_K_BLOCKS blocks, more when the grid is small, and they add their partial sums into a zeroed
-v with float32 atomics. Their order is free, so v may differ in the last bit between runs; only an H_in of at
-most MAX_K_BLOCKS blocks gives one split and a deterministic v. The grid counts every tile of a CUDA-graph
+v with float32 atomics. Their order is free, so v may differ in the last bit between runs; with one split each
+element gets one add onto zero and v is exact. One split adds atomically too: the split count follows the
+batch's tile count, and a store-only variant would be a second kernel to compile for some batch shapes after
+the warm-up. The grid counts every tile of a CUDA-graph
 bucket, most of them empty padding; those programs exit at once.
 """
 import torch
@@ -34,8 +36,7 @@ MAX_K_BLOCKS = 8  # the most H_in blocks one program walks: its serial dot chain
 def _shrink_kernel(
     x_ptr, a_ptr, v_ptr, token_idx_ptr, tiles_ptr, ranks_ptr,
     h_in, width, num_rows, num_slots, split_k, k_per_split, stride_x, stride_a_slot, stride_a_rank, stride_v,
-    BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr,
-    PRECISION: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid, tile = tl.program_id(0), tl.program_id(1)
     r_block, split = pid // split_k, pid % split_k
@@ -65,10 +66,7 @@ def _shrink_kernel(
         acc += tl.dot(xs.to(tl.float32), tl.trans(a.to(tl.float32)), input_precision=PRECISION)
     v_block = v_ptr + e[:, None] * stride_v + r[None, :]
     mask = e_ok[:, None] & (r[None, :] < num_rows)
-    if ATOMIC:
-        tl.atomic_add(v_block, acc, mask=mask, sem="relaxed")
-    else:
-        tl.store(v_block, acc, mask=mask)
+    tl.atomic_add(v_block, acc, mask=mask, sem="relaxed")
 
 
 def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Tensor:
@@ -85,14 +83,13 @@ def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Te
     r_blocks, k_blocks = triton.cdiv(num_rows, BLOCK_R), triton.cdiv(h_in, BLOCK_K)
     num_tiles = batch.shrink_tiles.shape[0]
     split_k = max(triton.cdiv(k_blocks, MAX_K_BLOCKS), min(k_blocks, BUSY_GRID // max(1, r_blocks * num_tiles)))
-    v = (torch.zeros if split_k > 1 else torch.empty)(batch.num_entries, num_rows, dtype=torch.float32, device=x.device)
+    v = torch.zeros(batch.num_entries, num_rows, dtype=torch.float32, device=x.device)
     if batch.empty:
         return v
     _shrink_kernel[(r_blocks * split_k, num_tiles)](
         x, slots.a, v, batch.token_idx, batch.shrink_tiles, slots.ranks,
         h_in, width, num_rows, num_slots, split_k, triton.cdiv(k_blocks, split_k) * BLOCK_K,
         x.stride(0), slots.a.stride(0), slots.a.stride(1), v.stride(0),
-        BLOCK_E=batch.tile_entries, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, ATOMIC=split_k > 1,
-        PRECISION=dot_precision(x.dtype),
+        BLOCK_E=batch.tile_entries, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, PRECISION=dot_precision(x.dtype),
     )
     return v
