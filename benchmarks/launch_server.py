@@ -25,7 +25,9 @@ from deployments.serve_env import direct_ingress_urls, use_throughput_mode
 
 APP_NAME = "fair_lora"
 READY_TIMEOUT_S = 1800.0  # a GPU worker loads the model and every adapter before it answers
-SERVE_SHUTDOWN_TIMEOUT_S = 30.0
+# Past serve.shutdown's own 30 s wait on its controller, so that it has returned before ray.shutdown: a thread
+# still inside Ray when the core worker stops makes Ray end the whole process with status 1.
+SERVE_SHUTDOWN_TIMEOUT_S = 45.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
