@@ -6,6 +6,7 @@
 #   servebench  benchmarks/serve_bench.py: HTTP against the engine (needs .ray-pack)
 #   e2e         benchmarks/e2e_bench.py: the engine end to end through generate() (E2E_ARGS: its flags)
 #   harness     benchmarks/gpu_harness.sh: launch_server.py + run_exp.py, fair then slora (needs .ray-pack)
+#   multigpu    benchmarks/multi_gpu.py on every GPU of the host (MULTI_GPU_ARGS: its flags; needs .ray-pack)
 #   kernels | sweep | merge | profile   the correction kernels alone, the expand's tiling, the merge, step profiles
 # (no argument: tests kernels profile). The step benchmark is its own call: python -m benchmarks.engine_bench.
 # Ray is not on the GPU machine: ../shared/tools/pack-ray.sh makes .ray-pack/raysite.tgz; carry .ray-pack.
@@ -27,6 +28,8 @@ for part in "${parts[@]}"; do
     servebench) PYTHONPATH=$with_ray python -m benchmarks.serve_bench --out "$out" ${SERVE_BENCH_ARGS:-} 2>&1 | tee "$out/serve_bench.log" | grep '^  \|^|' ;;
     e2e) python -m benchmarks.e2e_bench --out "$out" ${E2E_ARGS:-} 2>&1 | tee "$out/e2e_bench.log" | tail -30 ;;
     harness) PYTHONPATH=$with_ray bash benchmarks/gpu_harness.sh ;;
+    multigpu) PYTHONPATH=$with_ray python -m benchmarks.multi_gpu --out "$out" ${MULTI_GPU_ARGS:-} 2>&1 \
+      | tee "$out/multi_gpu.log" | grep -v ' sent ' | tail -40 ;;
     kernels) python -m benchmarks.correction_bench 2>&1 | tee "$out/correction_bench.log" | grep '^|' ;;
     sweep)  # the grouped expand's tiling (~2 min): pick from the per-step summary at the end
       python -m benchmarks.correction_bench --batches 32,128 --mixes 1,2 --iters 30 \

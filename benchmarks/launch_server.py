@@ -47,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="a Hugging Face model directory (Real; optional for S1/S2/S4)")
     p.add_argument("--adapter-dir", nargs="+", default=None, help="PEFT adapter directories (Real), cycled")
     p.add_argument("--scheduler", choices=("fcfs", "vtc"), default="fcfs")
+    p.add_argument("--router", choices=("hot_adapter", "default"), default="hot_adapter",
+                   help="default: Ray Serve's own router, blind to adapters (a baseline)")
+    p.add_argument("--popularity-window-s", type=float, default=None,
+                   help="the popularity window (default: the app's, 30 s)")
     p.add_argument("--fair-weights", nargs="+", default=None,
                    help="VTC weights: w1 w2 ... for the first adapters in order, or NAME=W")
     p.add_argument("--max-num-seqs", type=int, default=None)
@@ -86,6 +90,7 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
         "scheduling_policy": opts.scheduler,
         "fair_weights": fair_weights(opts.fair_weights or [], list(assets.adapters)),
         "workers": {"num_replicas": opts.num_replicas, "num_cpus": 0.1, "num_gpus": 1 if cuda else 0},
+        "routing": {"router": opts.router},
         # The ingress holds every request the workers may queue (plus the default 1024): past its limit the proxy
         # answers 503, where S-LoRA's server would queue.
         "ingress": {"num_replicas": 1, "num_cpus": 0.1, "max_ongoing_requests": in_flight,
@@ -95,6 +100,7 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
         "num_kv_tokens": opts.num_token, "max_num_seqs": opts.max_num_seqs,
         "max_num_batched_tokens": opts.max_num_batched_tokens, "max_adapter_slots": opts.max_adapter_slots,
         "cpu_threads": opts.cpu_threads, "demo_dir": assets.demo_dir,
+        "popularity": None if opts.popularity_window_s is None else {"window_s": opts.popularity_window_s},
     }
     return {**args, **{k: v for k, v in optional.items() if v is not None}}
 
@@ -155,7 +161,8 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
         direct = direct_ingress_urls(APP_NAME)
         print(f"fair_lora server ready on {url}: mode {app_args['mode']}, setting {opts.model_setting}, "
               f"{num_adapters} adapters" + (f" (+{extra} of the model)" if extra else "") +
-              f", scheduler {opts.scheduler}, device {opts.device}; Ray logs in {session}/logs", flush=True)
+              f", scheduler {opts.scheduler}, router {opts.router}, {opts.num_replicas} worker(s) on {opts.device}; "
+              f"Ray logs in {session}/logs", flush=True)
         if direct:
             print(f"fair_lora server: the ingress also serves on {', '.join(direct)} itself (faster: no proxy hop)",
                   flush=True)

@@ -153,7 +153,8 @@ def check(server: Server, setting: str, plan: list[tuple[str, TraceConfig]]) -> 
 
 
 async def poll_stats(client: httpx.AsyncClient, origin: float, done: asyncio.Event) -> list[dict]:
-    """The popularity plan and each worker's merged adapter, about every STATS_INTERVAL_S, until `done`."""
+    """The popularity plan, each worker's merged adapter and switch count, about every STATS_INTERVAL_S, until
+    `done`."""
     samples = []
     while not done.is_set():
         t = time.perf_counter() - origin
@@ -162,8 +163,9 @@ async def poll_stats(client: httpx.AsyncClient, origin: float, done: asyncio.Eve
             plan = (stats.get("popularity") or {}).get("plan")
             shares = (stats.get("popularity") or {}).get("shares") or {}
             top = max(shares.items(), key=lambda kv: kv[1], default=None)
-            hot = [w.get("hot_adapter") for w in sorted(stats["workers"], key=lambda w: w.get("worker", 0))]
-            samples.append({"t": round(t, 3), "plan": plan, "hot": hot, "top_share": top})
+            workers = sorted(stats["workers"], key=lambda w: w.get("worker", 0))
+            samples.append({"t": round(t, 3), "plan": plan, "hot": [w.get("hot_adapter") for w in workers],
+                            "switches": [w.get("switches") for w in workers], "top_share": top})
         except (httpx.HTTPError, ValueError, KeyError) as error:
             samples.append({"t": round(t, 3), "error": f"{type(error).__name__}: {error}"})
         try:

@@ -3,6 +3,7 @@
   S1    Llama-7B shapes, rank 8                      (S-LoRA: dummy-lora-7b-rank-8)
   S2    Llama-7B shapes, ranks 64, 32, 16, 8 cycled  (dummy-lora-7b-rank-64, -32, -16, -8)
   S4    Llama-13B shapes, ranks 64, 32, 16 cycled    (dummy-lora-13b-rank-64, -32, -16)
+  R16   Llama-7B shapes, rank 16                     (not S-LoRA's: the engine benchmarks' adapters)
   Real  --model DIR, --adapter-dir DIR [DIR ...]: real PEFT adapters, each served under several names
   Demo  the embedded demo model (CPU) and its six adapters, each served under several names
 
@@ -26,6 +27,7 @@ SYNTHETIC = {  # setting -> (base config in configs/, S-LoRA's adapter directory
     "S1": ("llama-2-7b", {8: "dummy-lora-7b-rank-8"}),
     "S2": ("llama-2-7b", {r: f"dummy-lora-7b-rank-{r}" for r in (64, 32, 16, 8)}),
     "S4": ("llama-2-13b", {r: f"dummy-lora-13b-rank-{r}" for r in (64, 32, 16)}),
+    "R16": ("llama-2-7b", {16: "dummy-lora-7b-rank-16"}),
 }
 SETTINGS = (*SYNTHETIC, "Real", "Demo")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -50,6 +50,10 @@ class ReplicaArgs(_Strict):
 
 
 class RoutingArgs(_Strict):
+    # hot_adapter: this app's router (a request goes to a worker with its adapter merged); default: Ray Serve's
+    # own (power of two choices on queue length, blind to adapters), the baseline that the multi-GPU benchmark
+    # measures the hot-adapter router against.
+    router: Literal["hot_adapter", "default"] = "hot_adapter"
     stats_period_s: PositiveFloat = 0.5  # how often each worker's hot adapter and queue reach the router
     imbalance_threshold: PositiveInt | None = None  # prefer a hot worker unless it is this much busier; None: max_num_seqs
     flush_s: PositiveFloat = 0.1  # ingress -> popularity tracker

@@ -33,7 +33,7 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
         request_router_kwargs={"imbalance_threshold": routing.imbalance_threshold or app_args.max_num_seqs},
         request_routing_stats_period_s=routing.stats_period_s,
         request_routing_stats_timeout_s=max(routing.stats_period_s, 1.0),
-    )
+    ) if routing.router == "hot_adapter" else RequestRouterConfig()  # Serve's default router
     logging = {"enable_access_log": app_args.access_log}  # Serve's own line per request: off unless asked
     # The app's own deployment, so the app owns it: removed with the app, replaced (from these settings) if it dies.
     tracker = serve.deployment(PopularityTracker).options(
