@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.http_load import run_load, summarize
+from benchmarks.process_cpu import cpu_usage, snapshot
 from benchmarks.serve_report import write_outputs
 from benchmarks.serve_workload import Case, engine_closed_loop, hot_share, requests_for
 from deployments.app_args import AppArgs
@@ -103,17 +104,20 @@ def measure_http(
         for stream in streams:
             key = f"{concurrency}/{'stream' if stream else 'whole'}"
             runs[key] = _http_run(url, requests, concurrency, stream, f"{case.name} c={concurrency} {key} ")
+            busy = " ".join(f"{role} {u['max_busy']:.2f}" for role, u in runs[key]["cpu"].items() if u["max_busy"] > 0.05)
             print(f"  {route:7} {case.name:>10} c={concurrency:<4} {'stream' if stream else 'whole':6} "
-                  f"{runs[key]['output_tokens_per_s']:9.1f} tok/s", flush=True)
+                  f"{runs[key]['output_tokens_per_s']:9.1f} tok/s  busiest process per role (CPU s/s): {busy}", flush=True)
     runs["later_wave"] = _http_run(url, wave, wave_c, True, f"{case.name} later wave ")
     return runs
 
 
 def _http_run(url: str, requests: list, concurrency: int, stream: bool, label: str) -> dict:
-    start = time.perf_counter()
+    """One closed-loop run, with each serving process's CPU use over it (which one saturates)."""
+    before, start = snapshot(), time.perf_counter()
     records = asyncio.run(run_load(url, requests, concurrency=concurrency, stream=stream, label=label))
     seconds = time.perf_counter() - start
-    return {**summarize(records, seconds), "seconds": seconds}
+    cpu = cpu_usage(before, snapshot(), seconds, len(requests))
+    return {**summarize(records, seconds), "seconds": seconds, "cpu": cpu}
 
 
 def ratios(engine: dict[int, dict], http: dict) -> dict:

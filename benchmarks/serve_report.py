@@ -59,6 +59,7 @@ def markdown(results: dict) -> str:
                 )
             lines.append(f"| {case['case']} | {route} | | first wave / later wave | | | "
                          f"{_f(r['first_over_later_wave'])} | | | | | |")
+    lines += ["", *cpu_table(results)]
     failed = {c["case"]: sum(run["failed"] for http in c["http"].values() for run in http.values())
               for c in results["cases"]}
     lines += ["", f"failed HTTP requests per case: {json.dumps(failed)}",
@@ -67,6 +68,24 @@ def markdown(results: dict) -> str:
               f"targets: HTTP/engine tok/s >= {TARGET_TOK_S} at 64 and 256 in flight (H200; 0.80 CPU demo), TTFT p50 "
               f"<= {TARGET_TTFT}x the engine's, first wave >= {TARGET_WAVE}x a later wave"]
     return "\n".join(lines) + "\n"
+
+
+CPU_ROLES = ("client", "proxy", "ingress", "worker", "engine_core")
+
+
+def cpu_table(results: dict) -> list[str]:
+    """Each HTTP run's serving processes: the busiest of each role in CPU-seconds per second (1.0: a saturated
+    Python process) and the role's CPU milliseconds per request."""
+    rows = ["CPU per serving process (busiest process of the role, CPU s/s; and the role's CPU ms per request):", "",
+            "| case | route | run | " + " | ".join(CPU_ROLES) + " |", "|---|---|---|" + "---|" * len(CPU_ROLES)]
+    for case in results["cases"]:
+        for route, http in case["http"].items():
+            for key, run in http.items():
+                cpu = run.get("cpu") or {}
+                cells = [f"{cpu[r]['max_busy']:.2f} / {cpu[r]['ms_per_request']:.1f} ms" if r in cpu else "—"
+                         for r in CPU_ROLES]
+                rows.append(f"| {case['case']} | {route} | {key} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def _f(x, digits: int = 2) -> str:
