@@ -86,6 +86,10 @@ class AppArgs(_Strict):
     fair_weights: dict[str, PositiveFloat] = Field(default_factory=dict)  # vtc: client -> weight (default 1)
     max_request_bytes: PositiveInt = 1 << 20  # larger HTTP bodies get 413 before they are read
     access_log: bool = False  # one INFO line per request in the ingress and the workers
+    # Per worker: stream messages (deltas) per second, shared by its streamed requests. Each message costs the
+    # worker, the ingress and the proxy about the same CPU whatever it carries; with more streams than this each
+    # stream's tokens come grouped (first token and finish always at once). None: one message per step each.
+    stream_messages_per_s: PositiveFloat | None = 1000.0
     cpu_threads: PositiveInt | None = None  # torch threads per worker; None: torch's default
     workers: ReplicaArgs = Field(default_factory=lambda: ReplicaArgs(num_replicas=2))
     ingress: ReplicaArgs = Field(default_factory=ReplicaArgs)

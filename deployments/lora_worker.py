@@ -35,7 +35,9 @@ class LoRAWorker:
         self.queue = 0  # waiting + running requests after the engine's last step
         self.runtime_adapters: dict[str, str] = {}  # loaded over HTTP (or caught up from the tracker)
         self.unloading: set[str] = set()  # between an unload's check and its end: new requests are refused
-        self.engine = await AsyncLLMEngine.start(args.engine_config(), self._after_step, args.cpu_threads)
+        self.engine = await AsyncLLMEngine.start(
+            args.engine_config(), self._after_step, args.cpu_threads, args.stream_messages_per_s
+        )
         ready = self.engine.ready
         logger.info("worker %d ready: %s; warm-up %.1f s", self.rank, ready.memory_plan, ready.warmup_seconds)
         link = PopularityLink(tracker, args.routing.tracker_timeout_s)

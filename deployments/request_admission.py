@@ -12,7 +12,10 @@ async def admit(
     engine: AsyncLLMEngine, request: GenerateRequest, unloading: set[str], deltas: bool = True
 ) -> RequestStream:
     """Raises the FairLoRAError the request is refused for, before any output."""
-    prompt = await asyncio.to_thread(render_prompt, engine.tokenizer, request)
+    if request.messages is None and not isinstance(request.prompt, str):
+        prompt = list(request.prompt)  # token ids: nothing to render, and a thread hop per request costs CPU
+    else:
+        prompt = await asyncio.to_thread(render_prompt, engine.tokenizer, request)
     max_tokens = request.max_tokens
     if max_tokens is None:
         max_tokens = max(engine.max_model_len - len(prompt), 1)

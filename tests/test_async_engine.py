@@ -98,6 +98,65 @@ def test_a_request_without_deltas_wakes_its_consumer_once_with_the_whole_output(
         assert stream.first_token_at is not None
 
 
+def test_streams_share_the_message_budget_and_still_add_up_to_the_whole_output(served, offline):
+    """4 streams on 2 messages/s: each is woken every 2 s, far slower than the demo's steps, so after its first
+    tokens the rest comes grouped; the first delta is never held and the finish goes out at once."""
+    params = SamplingParams(max_tokens=24, ignore_eos=True, logprobs=True)
+    want = offline.generate(["budget"] * 4, ADAPTERS, params)
+
+    async def collect(stream):
+        return [d async for d in stream.deltas()]
+
+    async def requests(engine):
+        engine.stream_messages_per_s = 2.0
+        try:
+            streams = [await engine.add("budget", adapter, params) for adapter in ADAPTERS]
+            return streams, await asyncio.gather(*(collect(s) for s in streams))
+        finally:
+            engine.stream_messages_per_s = None
+
+    streams, deltas = served.run(requests)
+    for stream, got, expected in zip(streams, deltas, want):
+        assert [t for d in got for t in d.token_ids] == expected.token_ids and stream.text == expected.text
+        assert "".join(d.text for d in got) == expected.text
+        assert [lp for d in got for lp in d.logprobs] == pytest.approx(expected.logprobs, abs=1e-5)
+        assert len(got) <= 3, f"{len(got)} deltas for 24 tokens on a 2 s interval"
+        assert got[-1].finished and got[-1].finish_reason == "length"
+    assert not served.engine.holding and not served.engine.streaming
+
+
+def test_the_budget_interval_follows_the_number_of_streams_and_holds_nothing_past_it(monkeypatch):
+    from fair_lora.engine import async_engine
+    from fair_lora.engine.async_engine import RequestDelta, RequestStream
+
+    clock = [100.0]
+    monkeypatch.setattr(async_engine.time, "monotonic", lambda: clock[0])
+
+    async def scenario():
+        engine = AsyncLLMEngine(stream_messages_per_s=10.0)
+        streams = [RequestStream(f"r{i}", [1], False, OutputText([])) for i in range(5)]
+        for s in streams:
+            engine.streams[s.request_id] = s
+            engine.streaming.add(s.request_id)
+        step = lambda stream_ids, finished=(): engine._hand_out(  # noqa: E731
+            [(streams[i], RequestDelta([i], "x", None, i in finished, "length" if i in finished else None))
+             for i in stream_ids], report=None)
+        assert engine._wake_interval_s() == pytest.approx(0.5)  # 5 streams / 10 messages per second
+        step(range(5))  # first tokens: at once
+        assert [s.queue.qsize() for s in streams] == [1] * 5
+        clock[0] += 0.1
+        step(range(5), finished={4})  # 0.1 s later: held, except the finish
+        assert [s.queue.qsize() for s in streams] == [1, 1, 1, 1, 2] and set(engine.holding) == {"r0", "r1", "r2", "r3"}
+        clock[0] += 0.45
+        step([0])  # 0.55 s after their last hand-over: r0 with its new tokens, r1-r3 without (e.g. preempted)
+        assert [s.queue.qsize() for s in streams[:4]] == [2, 2, 2, 2] and not engine.holding
+        assert engine._wake_interval_s() == pytest.approx(0.4)  # r4 finished: 4 streams left
+        merged = [streams[0].queue.get_nowait() for _ in range(2)][1]
+        assert merged.token_ids == [0, 0] and merged.text == "xx" and not merged.finished
+
+    asyncio.run(scenario())
+
+
 def test_stop_strings_end_requests_as_the_in_process_engine_does(served, offline):
     free = offline.generate(["stop here"], [None], SamplingParams(max_tokens=40, ignore_eos=True))[0].text
     stop = free[len(free) // 2 : len(free) // 2 + 2]  # two characters from the middle of the output

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 # The GPU machine may have neither (its runs are engine-only): skip, not fail, collecting this module there.
-httpx = pytest.importorskip("httpx")
+aiohttp = pytest.importorskip("aiohttp")
 psutil = pytest.importorskip("psutil")
+
+from aiohttp import web  # noqa: E402 - after the skip above
 
 from benchmarks.http_load import LoadRequest, RequestRecord, run_load, summarize
 from benchmarks.synthetic_assets import adapter_names, plan_assets
@@ -146,13 +148,13 @@ def test_service_over_time_credits_prompt_at_first_token_and_outputs_at_their_ch
 # ---- the client against a mock /generate ------------------------------------------------------------------
 
 
-def _mock_generate(request: httpx.Request) -> httpx.Response:
-    body = json.loads(request.content)
+async def _mock_generate(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
     if body["adapter"] == "busy":
-        return httpx.Response(429, headers={"retry-after": "3"}, json={"error": {"message": "queue full"}})
+        return web.json_response({"error": {"message": "queue full"}}, status=429, headers={"retry-after": "3"})
     if not body["stream"]:
-        return httpx.Response(200, json={"token_ids": [5, 6], "text": "ab", "finish_reason": "length", "worker": 1,
-                                         "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+        return web.json_response({"token_ids": [5, 6], "text": "ab", "finish_reason": "length", "worker": 1,
+                                  "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
     if body["adapter"] == "dies":
         lines = [{"token_ids": [5], "text": "a", "finished": False}, {"error": {"message": "worker failed"}}]
     else:  # the delta contract: new tokens per line, usage on the last
@@ -160,14 +162,36 @@ def _mock_generate(request: httpx.Request) -> httpx.Response:
                  {"token_ids": [5, 6], "text": "ab", "finished": False, "worker": 0, "hot_adapter": "x-0"},
                  {"token_ids": [], "text": "", "finished": True, "finish_reason": "length", "worker": 0,
                   "hot_adapter": "x-0", "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 3}}]
-    return httpx.Response(200, content="".join(json.dumps(line) + "\n" for line in lines).encode())
+    response = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
+    await response.prepare(request)
+    for line in lines:  # one write per line, as the service streams them
+        await response.write((json.dumps(line) + "\n").encode())
+    await response.write_eof()
+    return response
+
+
+def _against_mock(**load_args) -> list[RequestRecord]:
+    """run_load against _mock_generate, served on 127.0.0.1 by aiohttp for the duration of the run."""
+
+    async def run():
+        app = web.Application()
+        app.router.add_post("/prefix/generate", _mock_generate)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            return await run_load(f"http://127.0.0.1:{port}/prefix", progress=False, **load_args)
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(run())
 
 
 def test_client_records_deltas_errors_in_the_stream_and_429s():
     requests = [LoadRequest([1, 2], "x-0", 3), LoadRequest([1], "busy", 3), LoadRequest([1], "dies", 3)]
-    records = asyncio.run(run_load("http://mock", requests, arrivals=[0.0, 0.01, 0.02], progress=False,
-                                   transport=httpx.MockTransport(_mock_generate)))
-    ok, busy, dies = records
+    ok, busy, dies = _against_mock(requests=requests, arrivals=[0.0, 0.01, 0.02])
     assert ok.ok and ok.token_ids == [5, 5, 6] and ok.text == "aab" and ok.chunk_tokens == [1, 2]
     assert (ok.prompt_tokens, ok.finish_reason, ok.hot_adapter, ok.worker) == (2, "length", "x-0", 0)
     assert ok.first_token_time == ok.chunk_times[0] and ok.end_time >= ok.chunk_times[-1] >= ok.send_time
@@ -177,12 +201,18 @@ def test_client_records_deltas_errors_in_the_stream_and_429s():
 
 def test_client_keeps_concurrency_in_flight_and_reads_whole_answers():
     requests = [LoadRequest([1], "x-0", 3) for _ in range(5)]
-    records = asyncio.run(run_load("http://mock", requests, concurrency=2, stream=False, progress=False,
-                                   transport=httpx.MockTransport(_mock_generate)))
+    records = _against_mock(requests=requests, concurrency=2, stream=False)
     assert [r.index for r in records] == list(range(5)) and all(r.ok for r in records)
     assert all(r.token_ids == [5, 6] and r.first_token_time is None and r.worker == 1 for r in records)
     with pytest.raises(ValueError):
-        asyncio.run(run_load("http://mock", requests, progress=False))
+        asyncio.run(run_load("http://127.0.0.1:9", requests, progress=False))
+
+
+def test_client_records_a_refused_connection_as_an_error():
+    records = _against_mock(requests=[LoadRequest([1], "x-0", 3)], concurrency=1)
+    assert records[0].ok
+    closed = asyncio.run(run_load("http://127.0.0.1:9", [LoadRequest([1], "x-0", 3)], concurrency=1, progress=False))
+    assert not closed[0].ok and closed[0].status is None and "ClientConnectorError" in closed[0].error
 
 
 # ---- model settings and the app args ----------------------------------------------------------------------

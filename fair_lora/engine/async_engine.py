@@ -7,6 +7,12 @@ steps' deltas waiting and takes them as one (`RequestStream.deltas()` coalesces)
 larger messages instead of falling behind. A request added with `deltas=False` (a non-streamed answer) wakes
 its consumer once, when it finishes: with hundreds of requests in flight, a wake-up per request per step was
 what limited a worker's event loop (H200, 256 in flight: 50 requests/s).
+
+Streamed requests share a message budget (`stream_messages_per_s`): every message a stream sends costs the
+processes downstream (a Ray Serve worker, its ingress, the HTTP proxy) about the same CPU whatever it carries,
+so with many streams each one is woken at most every `streams / budget` seconds, its tokens meanwhile grouped
+into one delta. With few streams that interval is shorter than a step and every step's tokens go out at once;
+a stream's first tokens and its finish always go out at once.
 """
 import asyncio
 import dataclasses
@@ -51,6 +57,8 @@ class RequestStream:
     wants_deltas: bool = True  # False: only the finishing delta is handed over (read the fields for the rest)
     first_token_at: float | None = None  # time.time() when its first token reached this process
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    held: list["RequestDelta"] = field(default_factory=list)  # deltas not handed over yet (the message budget)
+    woken_at: float = float("-inf")  # time.monotonic() of its last hand-over
 
     async def deltas(self) -> AsyncIterator[RequestDelta]:
         """Every delta up to the finished one; deltas that queued up meanwhile come merged into one."""
@@ -75,11 +83,16 @@ class RequestStream:
 
 
 class AsyncLLMEngine:
-    def __init__(self, on_step: Callable[[StepReport], None] | None = None) -> None:
+    def __init__(
+        self, on_step: Callable[[StepReport], None] | None = None, stream_messages_per_s: float | None = None
+    ) -> None:
         """Use `await AsyncLLMEngine.start(config)`."""
         self.loop = asyncio.get_running_loop()
         self.on_step = on_step  # called on the event loop after each step's deltas are handed out
+        self.stream_messages_per_s = stream_messages_per_s  # None: every step's deltas go out at once
         self.streams: dict[str, RequestStream] = {}
+        self.holding: dict[str, RequestStream] = {}  # streams with held deltas, by request id
+        self.streaming: set[str] = set()  # unfinished requests that want every delta (event-loop side)
         self.client: EngineCoreClient | None = None
         self.ready: Ready | None = None
         self.tokenizer = None
@@ -88,10 +101,10 @@ class AsyncLLMEngine:
     @classmethod
     async def start(
         cls, config: EngineConfig, on_step: Callable[[StepReport], None] | None = None,
-        torch_threads: int | None = None,
+        torch_threads: int | None = None, stream_messages_per_s: float | None = None,
     ) -> "AsyncLLMEngine":
         """Start the engine process and wait until it is warmed up and ready."""
-        engine = cls(on_step)
+        engine = cls(on_step, stream_messages_per_s)
         core_config = dataclasses.replace(config, detokenize=False)  # text is made here, off the stepping process
         engine.client = EngineCoreClient(core_config, engine._on_report, engine._on_exit, torch_threads)
         engine.ready = await asyncio.to_thread(engine.client.wait_ready)
@@ -129,18 +142,23 @@ class AsyncLLMEngine:
         stream = RequestStream(request_id, list(prompt), params.logprobs, OutputText(list(params.stop)),
                                wants_deltas=deltas)
         self.streams[request_id] = stream  # before the call: its first tokens may follow the reply at once
+        if deltas:
+            self.streaming.add(request_id)
         core_params = dataclasses.replace(params, stop=[])
         try:
             await asyncio.wrap_future(self.client.call("add_request", stream.prompt_token_ids, adapter, core_params,
                                                        request_id, client))
         except BaseException:
             self.streams.pop(request_id, None)
+            self.streaming.discard(request_id)
             self.client.abort(request_id)  # cancelled while queued: it may have been added all the same
             raise
         return stream
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its KV blocks; its stream gets no more deltas."""
+        self.holding.pop(request_id, None)
+        self.streaming.discard(request_id)
         if self.streams.pop(request_id, None) is not None:
             self.client.abort(request_id)
 
@@ -195,17 +213,42 @@ class AsyncLLMEngine:
         return RequestDelta(d.token_ids, text, d.logprobs, finished, reason, d.error)
 
     def _hand_out(self, handed: list[tuple[RequestStream, RequestDelta]], report: StepReport) -> None:
+        now = time.monotonic()
+        interval = self._wake_interval_s()
         for stream, delta in handed:
             if stream.wants_deltas or delta.finished:
-                stream.queue.put_nowait(delta)
+                stream.held.append(delta)
+                if delta.finished:
+                    self.streaming.discard(stream.request_id)
+                if delta.finished or now - stream.woken_at >= interval:
+                    self._wake(stream, now)
+                else:
+                    self.holding[stream.request_id] = stream
+        for stream in [s for s in self.holding.values() if now - s.woken_at >= interval]:
+            self._wake(stream, now)  # held past its interval without new tokens this step (e.g. preempted)
         if self.on_step is not None:
             self.on_step(report)
+
+    def _wake_interval_s(self) -> float:
+        """How long a stream waits between two hand-overs: the streams in flight share the message budget."""
+        if not self.stream_messages_per_s:
+            return 0.0
+        return len(self.streaming) / self.stream_messages_per_s
+
+    def _wake(self, stream: RequestStream, now: float) -> None:
+        held, stream.held = stream.held, []
+        stream.woken_at = now
+        self.holding.pop(stream.request_id, None)
+        if held:
+            stream.queue.put_nowait(_merge(held))
 
     def _on_exit(self, reason: str) -> None:
         _call_soon(self.loop, self._fail_all, reason)
 
     def _fail_all(self, reason: str) -> None:
-        streams, self.streams = self.streams, {}
+        for stream in list(self.holding.values()):
+            self._wake(stream, time.monotonic())  # what they got before the failure, then the failure
+        streams, self.streams, self.streaming = self.streams, {}, set()
         for stream in streams.values():
             stream.queue.put_nowait(EngineDeadError(reason))
 
