@@ -20,6 +20,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import torch
 
 from benchmarks.http_load import run_load, summarize
@@ -81,9 +82,12 @@ def measure_engine(args: dict, case: Case, workloads: dict[int, list]) -> dict[i
     try:
         runs = {}
         for concurrency, requests in workloads.items():
+            before = engine.stats()["step_totals"]
             records, seconds = engine_closed_loop(engine, requests, concurrency)
-            runs[concurrency] = {**summarize(records, seconds), "seconds": seconds}
-            print(f"  engine  {case.name:>10} c={concurrency:<4} {runs[concurrency]['output_tokens_per_s']:9.1f} tok/s", flush=True)
+            steps = step_difference(before, engine.stats()["step_totals"])
+            runs[concurrency] = {**summarize(records, seconds), "seconds": seconds, "steps": steps}
+            print(f"  engine  {case.name:>10} c={concurrency:<4} {runs[concurrency]['output_tokens_per_s']:9.1f} tok/s  "
+                  f"{_steps_line(steps)}", flush=True)
         return runs
     finally:
         torch.set_num_threads(threads)
@@ -106,18 +110,41 @@ def measure_http(
             runs[key] = _http_run(url, requests, concurrency, stream, f"{case.name} c={concurrency} {key} ")
             busy = " ".join(f"{role} {u['max_busy']:.2f}" for role, u in runs[key]["cpu"].items() if u["max_busy"] > 0.05)
             print(f"  {route:7} {case.name:>10} c={concurrency:<4} {'stream' if stream else 'whole':6} "
-                  f"{runs[key]['output_tokens_per_s']:9.1f} tok/s  busiest process per role (CPU s/s): {busy}", flush=True)
+                  f"{runs[key]['output_tokens_per_s']:9.1f} tok/s  {_steps_line(runs[key]['steps'])}  "
+                  f"busiest process per role (CPU s/s): {busy}", flush=True)
     runs["later_wave"] = _http_run(url, wave, wave_c, True, f"{case.name} later wave ")
     return runs
 
 
 def _http_run(url: str, requests: list, concurrency: int, stream: bool, label: str) -> dict:
-    """One closed-loop run, with each serving process's CPU use over it (which one saturates)."""
+    """One closed-loop run, with each serving process's CPU use over it (which one saturates) and the steps
+    the worker's engine took for it."""
+    totals = _worker_step_totals(url)
     before, start = snapshot(), time.perf_counter()
     records = asyncio.run(run_load(url, requests, concurrency=concurrency, stream=stream, label=label))
     seconds = time.perf_counter() - start
     cpu = cpu_usage(before, snapshot(), seconds, len(requests))
-    return {**summarize(records, seconds), "seconds": seconds, "cpu": cpu}
+    steps = step_difference(totals, _worker_step_totals(url))
+    return {**summarize(records, seconds), "seconds": seconds, "cpu": cpu, "steps": steps}
+
+
+def _worker_step_totals(url: str) -> dict:
+    stats = httpx.get(f"{url}/stats", timeout=30).json()
+    return stats["workers"][0]["step_totals"]
+
+
+def _steps_line(steps: dict) -> str:
+    return (f"{steps['steps']} steps ({steps['decode_only_share']:.0%} decode-only, {steps['tokens_per_step']:.0f} "
+            f"tok, {steps['ms_per_step']:.1f} ms)")
+
+
+def step_difference(before: dict, after: dict) -> dict:
+    """The engine steps between two readings of its step totals: how many, how many could replay a decode
+    graph, tokens per step and seconds per step."""
+    d = {k: after[k] - before[k] for k in after}
+    steps = max(d["steps"], 1)
+    return {"steps": d["steps"], "decode_only_share": d["decode_only_steps"] / steps,
+            "tokens_per_step": d["tokens"] / steps, "ms_per_step": 1000 * d["seconds"] / steps}
 
 
 def ratios(engine: dict[int, dict], http: dict) -> dict:

@@ -59,7 +59,7 @@ def markdown(results: dict) -> str:
                 )
             lines.append(f"| {case['case']} | {route} | | first wave / later wave | | | "
                          f"{_f(r['first_over_later_wave'])} | | | | | |")
-    lines += ["", *cpu_table(results)]
+    lines += ["", *steps_table(results), "", *cpu_table(results)]
     failed = {c["case"]: sum(run["failed"] for http in c["http"].values() for run in http.values())
               for c in results["cases"]}
     lines += ["", f"failed HTTP requests per case: {json.dumps(failed)}",
@@ -68,6 +68,25 @@ def markdown(results: dict) -> str:
               f"targets: HTTP/engine tok/s >= {TARGET_TOK_S} at 64 and 256 in flight (H200; 0.80 CPU demo), TTFT p50 "
               f"<= {TARGET_TTFT}x the engine's, first wave >= {TARGET_WAVE}x a later wave"]
     return "\n".join(lines) + "\n"
+
+
+def steps_table(results: dict) -> list[str]:
+    """The engine's steps per run: mixed prefill+decode steps cannot replay a decode graph and cost more."""
+    rows = ["Engine steps per run (steps; share that were decode-only; tokens and milliseconds per step):", "",
+            "| case | side | run | steps | decode-only | tokens / step | ms / step |", "|---|---|---|---|---|---|---|"]
+
+    def row(case: str, side: str, run_key: str, steps: dict | None) -> None:
+        if steps:
+            rows.append(f"| {case} | {side} | {run_key} | {steps['steps']} | {steps['decode_only_share']:.2f} "
+                        f"| {steps['tokens_per_step']:.1f} | {steps['ms_per_step']:.2f} |")
+
+    for case in results["cases"]:
+        for c, e in case["engine"].items():
+            row(case["case"], "engine", str(c), e.get("steps"))
+        for route, http in case["http"].items():
+            for key, run in http.items():
+                row(case["case"], route, key, run.get("steps"))
+    return rows
 
 
 CPU_ROLES = ("client", "proxy", "ingress", "worker", "engine_core")

@@ -111,3 +111,16 @@ def test_bad_engine_settings_are_refused(demo):
         engine.generate(["a", "b"], ["adapter-0"])
     with pytest.raises(RequestError, match="seed"):
         SamplingParams(seed=2**70)
+
+
+def test_step_totals_count_the_steps_and_which_were_decode_only(demo):
+    engine = make_engine(demo)
+    before = dict(engine.stats()["step_totals"])
+    engine.generate(["one prompt", "another"], [None, "adapter-1"], SamplingParams(max_tokens=5, ignore_eos=True))
+    after = engine.stats()["step_totals"]
+    # One prefill step for both prompts (it samples their first tokens), then 4 decode steps of 2 tokens each.
+    assert after["steps"] - before["steps"] == 5
+    assert after["decode_only_steps"] - before["decode_only_steps"] == 4
+    prompt_tokens = sum(len(engine.tokenizer.encode(p)) for p in ["one prompt", "another"])
+    assert after["tokens"] - before["tokens"] == prompt_tokens + 4 * 2
+    assert after["seconds"] > before["seconds"]

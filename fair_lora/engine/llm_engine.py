@@ -1,5 +1,6 @@
 """LLMEngine: the offline and serving entry point. step() = schedule → run → postprocess; between steps the
 hot adapter may be switched (merged), never inside one."""
+import dataclasses
 import functools
 import itertools
 import logging
@@ -21,7 +22,7 @@ from fair_lora.engine.policy import make_policy
 from fair_lora.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from fair_lora.engine.sequence import Sequence
 from fair_lora.engine.step_isolation import RanPart, StepIsolation
-from fair_lora.engine.step_stats import StepStats
+from fair_lora.engine.step_stats import StepStats, StepTotals
 from fair_lora.engine.warmup import profile_forward, warm_up
 from fair_lora.errors import (
     AdapterInUseError,
@@ -69,6 +70,7 @@ class LLMEngine:
         self._ids = itertools.count()
         self.last_step = StepStats()
         self.num_preemptions = 0
+        self.totals = StepTotals()
         self.isolation = StepIsolation(self._forward_and_sample)
         for name, path in adapters.items():
             self.load_adapter(name, path)
@@ -262,6 +264,7 @@ class LLMEngine:
             len(out.scheduled), out.num_tokens, corrected, len(out.preempted), self.hot_adapter, seconds,
             len({s.seq.adapter for s in out.scheduled}),
         )
+        self.totals.add(self.last_step)
 
     def generate(
         self,
@@ -298,4 +301,5 @@ class LLMEngine:
             "resident_adapters": list(self.pool.slot_of),
             "switches": len(self.switches),
             "preemptions": self.num_preemptions,
+            "step_totals": dataclasses.asdict(self.totals),
         }
