@@ -136,6 +136,20 @@ def test_summary_counts_failures_and_spreads_chunk_gaps_over_their_tokens():
     assert len(summary["error_samples"]) == 2
 
 
+def test_completion_pace_shifts_by_the_latency_so_a_short_probe_that_keeps_up_reads_one():
+    from benchmarks.run_exp import completion_pace
+
+    trace = [TraceRequest(i, 0, 8, 8, 0.1 * i) for i in range(120)]  # 10 req/s for 12 s
+
+    def replay(latency_of):  # each request done `latency_of(i)` after it arrived
+        return [_record(i, t.req_time, t.req_time + latency_of(i), t.req_time + latency_of(i), 8) for i, t in
+                enumerate(trace)]
+
+    assert completion_pace(trace, replay(lambda i: 5.0)) == pytest.approx(1.0, abs=0.03)  # 5 s each, kept up
+    # Capacity 5 req/s: request i finishes when the i-th slot of a 0.2 s service comes (the queue grows).
+    assert completion_pace(trace, replay(lambda i: 1.0 + 0.1 * i)) == pytest.approx(0.5, abs=0.05)
+
+
 def test_service_over_time_credits_prompt_at_first_token_and_outputs_at_their_chunks():
     from benchmarks.run_exp import service_over_time
 
