@@ -135,7 +135,7 @@ def _worker_step_totals(url: str) -> dict:
 
 def _steps_line(steps: dict) -> str:
     return (f"{steps['steps']} steps ({steps['decode_only_share']:.0%} decode-only, {steps['tokens_per_step']:.0f} "
-            f"tok, {steps['ms_per_step']:.1f} ms)")
+            f"tok, {steps['corrected_share']:.0%} corrected, {steps['ms_per_step']:.1f} ms)")
 
 
 def step_difference(before: dict, after: dict) -> dict:
@@ -144,7 +144,8 @@ def step_difference(before: dict, after: dict) -> dict:
     d = {k: after[k] - before[k] for k in after}
     steps = max(d["steps"], 1)
     return {"steps": d["steps"], "decode_only_share": d["decode_only_steps"] / steps,
-            "tokens_per_step": d["tokens"] / steps, "ms_per_step": 1000 * d["seconds"] / steps}
+            "tokens_per_step": d["tokens"] / steps, "ms_per_step": 1000 * d["seconds"] / steps,
+            "corrected_share": d["corrected_tokens"] / max(d["tokens"], 1)}
 
 
 def ratios(engine: dict[int, dict], http: dict) -> dict:

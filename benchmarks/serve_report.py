@@ -72,13 +72,16 @@ def markdown(results: dict) -> str:
 
 def steps_table(results: dict) -> list[str]:
     """The engine's steps per run: mixed prefill+decode steps cannot replay a decode graph and cost more."""
-    rows = ["Engine steps per run (steps; share that were decode-only; tokens and milliseconds per step):", "",
-            "| case | side | run | steps | decode-only | tokens / step | ms / step |", "|---|---|---|---|---|---|---|"]
+    rows = ["Engine steps per run (steps; share that were decode-only; tokens and milliseconds per step; share of "
+            "tokens that took the correction path):", "",
+            "| case | side | run | steps | decode-only | tokens / step | ms / step | corrected |",
+            "|---|---|---|---|---|---|---|---|"]
 
     def row(case: str, side: str, run_key: str, steps: dict | None) -> None:
         if steps:
             rows.append(f"| {case} | {side} | {run_key} | {steps['steps']} | {steps['decode_only_share']:.2f} "
-                        f"| {steps['tokens_per_step']:.1f} | {steps['ms_per_step']:.2f} |")
+                        f"| {steps['tokens_per_step']:.1f} | {steps['ms_per_step']:.2f} "
+                        f"| {_f(steps.get('corrected_share'))} |")
 
     for case in results["cases"]:
         for c, e in case["engine"].items():

@@ -124,3 +124,5 @@ def test_step_totals_count_the_steps_and_which_were_decode_only(demo):
     prompt_tokens = sum(len(engine.tokenizer.encode(p)) for p in ["one prompt", "another"])
     assert after["tokens"] - before["tokens"] == prompt_tokens + 4 * 2
     assert after["seconds"] > before["seconds"]
+    adapter_tokens = len(engine.tokenizer.encode("another")) + 4  # no hot adapter: every adapter token is corrected
+    assert after["corrected_tokens"] - before["corrected_tokens"] == adapter_tokens

@@ -19,6 +19,7 @@ class StepTotals:
     steps: int = 0
     decode_only_steps: int = 0  # one new token per sequence: the steps a decode CUDA graph can take
     tokens: int = 0
+    corrected_tokens: int = 0  # took the correction path (see StepStats)
     seconds: float = 0.0  # wall time inside step(): schedule, forward, sample, postprocess
 
     def add(self, step: StepStats) -> None:
@@ -27,4 +28,5 @@ class StepTotals:
         self.steps += 1
         self.decode_only_steps += step.num_tokens == step.num_seqs
         self.tokens += step.num_tokens
+        self.corrected_tokens += step.num_corrected_tokens
         self.seconds += step.seconds
