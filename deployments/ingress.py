@@ -26,6 +26,7 @@ from deployments.http_errors import (
     unexpected_error_handler,
     validation_error_handler,
 )
+from deployments.live_metrics import LiveMetrics, render
 from deployments.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -113,6 +114,8 @@ class Ingress:
         self.feed = PopularityFeed(link, args.routing.flush_s)
         self.fleet = WorkerFleet(workers, link, ADMIN_TIMEOUT_S)
         self.responses = Counter("fair_lora_http_responses", "HTTP responses by route and status", ("path", "status"))
+        self.live = LiveMetrics()  # this replica's own, for GET /metrics
+        self.live.family("fair_lora_http_responses", "counter", "HTTP responses by route and status")
         self._feed_task = asyncio.get_running_loop().create_task(self.feed.run())
 
     # ---- generation -----------------------------------------------------------------------------------
@@ -158,7 +161,9 @@ class Ingress:
         return http_error
 
     def _count(self, path: str, status: int) -> None:
-        self.responses.inc(1, {"path": path, "status": str(status)})
+        tags = {"path": path, "status": str(status)}
+        self.responses.inc(1, tags)
+        self.live.inc("fair_lora_http_responses", 1, tags)
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request):
@@ -257,6 +262,13 @@ class Ingress:
     @app.get("/health")
     async def health(self):
         return PlainTextResponse("")
+
+    @app.get("/metrics")
+    async def metrics(self):
+        """Prometheus text: every live worker's metrics and this ingress replica's HTTP responses."""
+        own = ({"replica": serve.get_replica_context().replica_tag}, self.live)
+        text = render([own, *await self.fleet.live_metrics()])
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/stats")
     async def stats(self):

@@ -11,6 +11,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.app_args import AppArgs
 from deployments.hot_adapter_sync import HotAdapterSync
+from deployments.live_metrics import LiveMetrics
 from deployments.popularity_link import PopularityLink
 from deployments.request_admission import admit
 from deployments.worker_metrics import WorkerMetrics, adapter_tag
@@ -211,6 +212,10 @@ class LoRAWorker:
             "runtime_adapters": dict(self.runtime_adapters),
             "popularity_tracker_reachable": self.link.available,
         }
+
+    async def live_metrics(self) -> tuple[dict[str, str], LiveMetrics]:
+        """This replica's metrics, for the ingress's GET /metrics (only replicas that answer are shown)."""
+        return {"replica": serve.get_replica_context().replica_tag}, self.metrics.live
 
     async def check_health(self) -> None:
         if not self.engine.alive:

@@ -1,5 +1,7 @@
-"""Operations that reach every worker (Serve's handle.broadcast): load, unload, describe."""
+"""Operations that reach every worker (Serve's handle.broadcast): load, unload, describe, live metrics."""
 from ray.serve.handle import DeploymentHandle
+
+from deployments.live_metrics import LiveMetrics
 
 from deployments.http_errors import HTTPError, to_http_error
 from deployments.popularity_link import PopularityLink
@@ -24,6 +26,10 @@ class WorkerFleet:
         return sorted(
             (r if isinstance(r, dict) else {"error": repr(r)} for r in results), key=lambda d: d.get("worker", -1)
         )
+
+    async def live_metrics(self) -> list[tuple[dict[str, str], LiveMetrics]]:
+        """The metrics of every worker that answers (a dead one's are not shown, unlike in Ray's export)."""
+        return [r for r in await self._broadcast("live_metrics") if not isinstance(r, BaseException)]
 
     async def load(self, name: str, path: str) -> int:
         """Load on every worker, or on none: a failure anywhere unloads it again. Returns the worker count."""

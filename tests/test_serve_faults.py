@@ -59,6 +59,13 @@ def streams(app, bodies: list[dict], during) -> list:
     return asyncio.run(run())
 
 
+def live_metrics(app) -> str:
+    with app.client() as c:
+        response = c.get("/metrics")
+    response.raise_for_status()
+    return response.text
+
+
 def long_request(i: int, adapter: str | None, max_tokens: int) -> dict:
     return {"model": adapter or BASE, "prompt": f"fault {i}", "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
 
@@ -99,6 +106,7 @@ def test_killing_a_worker_mid_stream_fails_only_its_requests_and_serve_replaces_
     with app.client() as c:
         assert c.post("/v1/load_lora_adapter", json={"lora_name": "late", "lora_path": path}).status_code == 200
     before = {w["worker"]: w["replica"] for w in app.stats()["workers"]}
+    assert f'replica="{before[0]}"' in live_metrics(app)
     bodies = [long_request(i, ["late", "adapter-1", None][i % 3], 400) for i in range(6)]
 
     def kill_worker_0() -> None:
@@ -134,4 +142,6 @@ def test_killing_a_worker_mid_stream_fails_only_its_requests_and_serve_replaces_
         return answered == {"0", "1"}
 
     wait_for(both_workers_answer, timeout=30, what="both workers to answer after the replacement")
+    text = live_metrics(app)  # the dead replica's series are gone (Ray's own export keeps them); its successor's are in
+    assert f'replica="{before[0]}"' not in text and f'replica="{new["replica"]}"' in text
     wait_for(lambda: idle_and_free(app), timeout=10, what="every KV block to be free")

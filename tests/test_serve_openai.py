@@ -126,6 +126,22 @@ def test_metrics_are_exported_by_adapter_and_worker(app, ray_cluster):
     assert re.search(rf'ray_fair_lora_generation_tokens(_total)?{{[^}}]*adapter="adapter-0"[^}}]*worker="[01]"', text)
 
 
+def test_the_ingress_serves_the_live_workers_metrics(app):
+    bodies = [{"model": "adapter-0", "prompt": "metered", "max_tokens": 4} for _ in range(4)]
+    assert all(r.status == 200 for r in send_all(app.url, "/v1/completions", bodies, concurrency=4))
+    with app.client() as c:
+        response = c.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    missing = [name for name in METRICS if not re.search(rf"^{name}(_total|_bucket|_sum|_count)?[{{ ]", text, re.M)]
+    assert not missing, f"not in /metrics: {missing}"
+    replicas = {w["replica"] for w in app.stats()["workers"]}
+    assert {m for m in re.findall(r'fair_lora_batched_tokens_total{[^}]*replica="([^"]+)"', text)} == replicas
+    generated = re.findall(r'^fair_lora_generation_tokens_total{adapter="adapter-0",replica="[^"]+",worker="[01]"} (\S+)',
+                           text, re.M)
+    assert sum(float(v) for v in generated) >= 16
+
+
 def test_load_and_unload_reach_every_worker(app, client, offline_engine):
     path = str(offline_engine.model_dir.parent / "adapters" / "adapter-0")
     with app.client() as c:
