@@ -34,8 +34,8 @@ class LiveMetrics:
     families: dict[str, Family] = field(default_factory=dict)
     values: dict[str, dict[Labels, float | Histogram]] = field(default_factory=dict)
 
-    def family(self, name: str, kind: str, help: str, boundaries=()) -> Family:
-        self.families[name] = Family(name, kind, help, tuple(boundaries))
+    def family(self, name: str, kind: str, description: str, boundaries=()) -> Family:
+        self.families[name] = Family(name, kind, description, tuple(boundaries))
         self.values.setdefault(name, {})
         return self.families[name]
 

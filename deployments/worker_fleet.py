@@ -1,9 +1,8 @@
 """Operations that reach every worker (Serve's handle.broadcast): load, unload, describe, live metrics."""
 from ray.serve.handle import DeploymentHandle
 
-from deployments.live_metrics import LiveMetrics
-
 from deployments.http_errors import HTTPError, to_http_error
+from deployments.live_metrics import LiveMetrics
 from deployments.popularity_link import PopularityLink
 from fair_lora.errors import UnknownAdapterError
 

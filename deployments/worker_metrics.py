@@ -38,10 +38,10 @@ class WorkerMetrics:
         self.worker = str(worker)
         self.live = LiveMetrics()
         self.ray = {}
-        for name, kind, help, tags, bounds in FAMILIES:
-            self.live.family(name, kind, help, bounds)
+        for name, kind, description, tags, bounds in FAMILIES:
+            self.live.family(name, kind, description, bounds)
             args = (list(bounds),) if kind == "histogram" else ()
-            self.ray[name] = RAY_TYPES[kind](name, help, *args, tags)
+            self.ray[name] = RAY_TYPES[kind](name, description, *args, tags)
 
     def _record(self, name: str, value: float, adapter: str | None = None, with_adapter: bool = False) -> None:
         tags = {"worker": self.worker}
