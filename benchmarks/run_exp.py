@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "their arrivals (completion_pace), and --min-attainment of them meet the 6 s TTFT SLO")
     p.add_argument("--min-attainment", type=float, default=0.9)
     p.add_argument("--sweep-refine", type=int, default=2, help="rate sweep: bisections after the doubling")
+    p.add_argument("--sweep-probe-s", type=float, default=60.0,
+                   help="rate sweep: the shortest probe, whatever --duration-scale says (the pace test needs probes "
+                        "several times longer than the slowest request: 12 s probes misjudged an H200 that kept up)")
     opts = p.parse_args(argv)
     opts.suite = "debug" if opts.debug else "fair" if opts.fair else opts.suite or "fair"
     return opts
@@ -346,11 +349,12 @@ def run_suite(server: Server, opts: argparse.Namespace, output: Path) -> None:
 def sweep(server: Server, opts: argparse.Namespace, output: Path, base: TraceConfig) -> None:
     """Double the rate while it is sustained (see --min-pace), or halve it while it is not, until that flips; then
     bisect between the highest sustained rate and the next higher, unsustained one. A probe lasts long enough for
-    SWEEP_MIN_REQUESTS requests: with fewer, one request more or less in the window swings the pace too far."""
+    SWEEP_MIN_REQUESTS requests (with fewer, one request more or less in the window swings the pace too far) and
+    at least --sweep-probe-s."""
     sustained: dict[float, bool] = {}
 
     def probe_rate(rate: float) -> bool:
-        config = replace(base, req_rate=rate, duration=max(base.duration, SWEEP_MIN_REQUESTS / rate))
+        config = replace(base, req_rate=rate, duration=max(base.duration, SWEEP_MIN_REQUESTS / rate, opts.sweep_probe_s))
         record = run_one(server, opts, "rate-sweep", config, f"[sweep {len(sustained) + 1}] {describe(config)}: ")
         result = record["result"]
         sustained[rate] = result["sustained"] = ((result["completion_pace"] or 0.0) >= opts.min_pace

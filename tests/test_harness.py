@@ -150,6 +150,27 @@ def test_completion_pace_shifts_by_the_latency_so_a_short_probe_that_keeps_up_re
     assert completion_pace(trace, replay(lambda i: 1.0 + 0.1 * i)) == pytest.approx(0.5, abs=0.05)
 
 
+def test_sweep_probes_last_at_least_sweep_probe_s_whatever_the_scale(monkeypatch, tmp_path):
+    from benchmarks import run_exp
+
+    probes = []
+
+    def fake_run_one(server, opts, suite, config, label):  # sustained up to 8 req/s
+        probes.append((config.req_rate, config.duration))
+        ok = config.req_rate <= 8
+        result = {"completion_pace": 1.0 if ok else 0.5, "avg_attainment": 1.0, "avg_first_token_latency": 0.1,
+                  "completed": 1, "num_requests": 1, "throughput": 1.0, "output_tokens_per_s": 1.0, "num_429": 0}
+        return {"config": {"req_rate": config.req_rate}, "result": result}
+
+    monkeypatch.setattr(run_exp, "run_one", fake_run_one)
+    opts = run_exp.parse_args(["--suite", "rate-sweep", "--duration-scale", "0.05", "--req-rates", "4",
+                               "--sweep-refine", "1", "--sweep-probe-s", "30"])
+    base = run_exp.configs(opts)[0][1]
+    run_exp.sweep(None, opts, tmp_path / "sweep.jsonl", base)
+    assert [rate for rate, _ in probes] == [4, 8, 16, 12]  # doubling until it fails, then one bisection
+    assert all(duration >= 30 for _, duration in probes) and base.duration < 30
+
+
 def test_service_over_time_credits_prompt_at_first_token_and_outputs_at_their_chunks():
     from benchmarks.run_exp import service_over_time
 
