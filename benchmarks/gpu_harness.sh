@@ -4,7 +4,8 @@
 # Usage (GPU machine, repository root, Ray from .ray-pack as in gpu_check.sh):
 #   HARNESS_SCALE=0.1 HARNESS_SUITE_ARGS="--num-adapters 100" bash benchmarks/gpu_harness.sh [fair slora]
 # HARNESS_SCALE shortens every trace (run_exp.py --duration-scale); HARNESS_SWEEP_ALPHAS ("0.1 1" by default;
-# empty: no sweep), HARNESS_SWEEP_ARGS (e.g. "--req-rates 8": where the doubling starts); HARNESS_SETTING,
+# empty: no sweep), HARNESS_SWEEP_ARGS (e.g. "--req-rates 8": where the doubling starts; probes last at least
+# run_exp.py's --sweep-probe-s, 60 s, whatever the scale); HARNESS_SETTING,
 # HARNESS_SERVER_ARGS and HARNESS_ADAPTERS change the server (a CPU dry run: Demo, "--device cpu", 8).
 # Results: $OUT/all_results_<mode>.jsonl, $OUT/harness_<mode>.log and the server's log.
 set -uo pipefail

@@ -140,7 +140,7 @@ def _steps_line(steps: dict) -> str:
 
 def step_difference(before: dict, after: dict) -> dict:
     """The engine steps between two readings of its step totals: how many, how many could replay a decode
-    graph, tokens per step and seconds per step."""
+    graph, tokens and seconds per step, and the share of tokens that took the correction path."""
     d = {k: after[k] - before[k] for k in after}
     steps = max(d["steps"], 1)
     return {"steps": d["steps"], "decode_only_share": d["decode_only_steps"] / steps,
