@@ -5,9 +5,14 @@ from deployments.worker_protocol import GenerateRequest
 from fair_lora import RequestError
 
 
+def is_token_ids(request: GenerateRequest) -> bool:
+    """The prompt came as token ids: nothing to tokenize or template."""
+    return request.messages is None and not isinstance(request.prompt, str)
+
+
 def render_prompt(tokenizer, request: GenerateRequest) -> list[int]:
     """Runs in the worker's process, off the engine's: tokenizing a long prompt never delays a step."""
-    if request.messages is None and not isinstance(request.prompt, str):
+    if is_token_ids(request):
         return list(request.prompt)
     if tokenizer is None:
         raise RequestError("this model has no tokenizer: send the prompt as token ids to /v1/completions")

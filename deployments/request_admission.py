@@ -2,7 +2,7 @@
 and the engine's stream for it; requests for an adapter being unloaded are refused."""
 import asyncio
 
-from deployments.prompt_render import render_prompt
+from deployments.prompt_render import is_token_ids, render_prompt
 from deployments.worker_protocol import GenerateRequest
 from fair_lora import RequestError, SamplingParams, UnknownAdapterError
 from fair_lora.engine.async_engine import AsyncLLMEngine, RequestStream
@@ -12,8 +12,8 @@ async def admit(
     engine: AsyncLLMEngine, request: GenerateRequest, unloading: set[str], deltas: bool = True
 ) -> RequestStream:
     """Raises the FairLoRAError the request is refused for, before any output."""
-    if request.messages is None and not isinstance(request.prompt, str):
-        prompt = list(request.prompt)  # token ids: nothing to render, and a thread hop per request costs CPU
+    if is_token_ids(request):  # nothing to render: a thread hop per request would only cost CPU
+        prompt = render_prompt(engine.tokenizer, request)
     else:
         prompt = await asyncio.to_thread(render_prompt, engine.tokenizer, request)
     max_tokens = request.max_tokens

@@ -69,8 +69,7 @@ class LLMEngine:
         self.processor = OutputProcessor(text_tokenizer, eos_ids(self.hf_config, self.tokenizer), self.max_model_len)
         self._ids = itertools.count()
         self.last_step = StepStats()
-        self.num_preemptions = 0
-        self.totals = StepTotals()
+        self.totals = StepTotals()  # since start-up (warm-up resets them)
         self.isolation = StepIsolation(self._forward_and_sample)
         for name, path in adapters.items():
             self.load_adapter(name, path)
@@ -211,6 +210,10 @@ class LLMEngine:
         self.scheduler.finish(seq, "abort")
         return True
 
+    @property
+    def num_preemptions(self) -> int:
+        return self.totals.preemptions
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
@@ -258,7 +261,6 @@ class LLMEngine:
         self.sequences.pop(seq.request_id, None)
 
     def _record_step(self, out: SchedulerOutput, seconds: float) -> None:
-        self.num_preemptions += len(out.preempted)
         corrected = sum(s.num_new for s in out.scheduled if s.seq.adapter != self.hot_adapter)
         self.last_step = StepStats(
             len(out.scheduled), out.num_tokens, corrected, len(out.preempted), self.hot_adapter, seconds,
@@ -300,6 +302,6 @@ class LLMEngine:
             "num_blocks": self.blocks.num_blocks,
             "resident_adapters": list(self.pool.slot_of),
             "switches": len(self.switches),
-            "preemptions": self.num_preemptions,
+            "preemptions": self.totals.preemptions,
             "step_totals": dataclasses.asdict(self.totals),
         }

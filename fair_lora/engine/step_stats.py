@@ -21,8 +21,10 @@ class StepTotals:
     tokens: int = 0
     corrected_tokens: int = 0  # took the correction path (see StepStats)
     seconds: float = 0.0  # wall time inside step(): schedule, forward, sample, postprocess
+    preemptions: int = 0
 
     def add(self, step: StepStats) -> None:
+        self.preemptions += step.num_preempted
         if step.num_seqs == 0:
             return
         self.steps += 1

@@ -16,6 +16,7 @@ from fair_lora.engine.block_manager import BlockManager
 from fair_lora.engine.model_runner import ModelRunner
 from fair_lora.engine.scheduler import ScheduledSeq
 from fair_lora.engine.sequence import Sequence
+from fair_lora.engine.step_stats import StepTotals
 from fair_lora.outputs import RequestTimes
 from fair_lora.popularity import PopularityWindow
 from fair_lora.sampling_params import SamplingParams
@@ -71,7 +72,7 @@ def run_warm_up(engine) -> None:
     engine.window = engine.hot_switch.window = window
     engine.hot_switch.switches[:] = switches
     engine.hot_switch.policy_choice = None
-    engine.num_preemptions = 0
+    engine.totals = StepTotals()  # serving's counts start after warm-up
 
 
 def _adapter_cycle(adapters: list[str], n: int) -> list[str | None]:
