@@ -6,6 +6,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PretrainedConfig
 
 from fair_lora.config import EngineConfig
+from fair_lora.errors import ModelFormatError
 from fair_lora.real_model import SMOLLM2
 
 
@@ -18,6 +19,11 @@ def resolve_assets(config: EngineConfig) -> tuple[Path, dict[str, str]]:
         shipped = {n: str(p) for n, p in smollm2_adapters().items()}
         return smollm2_model_dir(), {**shipped, **config.adapters}
     if config.model is not None:
+        if not (Path(config.model) / "config.json").is_file():  # before the tokenizer, which would look on the Hub
+            raise ModelFormatError(
+                f"model {config.model!r}: no config.json there; point it at a Hugging Face model directory, or use "
+                f"{SMOLLM2!r} (the real model) or null (the tiny random demo model)"
+            )
         return Path(config.model), dict(config.adapters)
     from fair_lora.demo import default_demo_root, make_demo
 
