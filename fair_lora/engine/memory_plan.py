@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import psutil
 import torch
 
 from fair_lora.config import EngineConfig
@@ -91,6 +90,8 @@ def plan_memory(
 
 
 def _host_sized(config: EngineConfig, plan: MemoryPlan, blocks_per_seq: int) -> MemoryPlan:
+    import psutil  # here: the GPU machines' environments may lack it, and they never plan this way
+
     wanted = config.max_num_seqs * blocks_per_seq
     available = psutil.virtual_memory().available
     fits = int(available * CPU_KV_SHARE) // plan.block_bytes
