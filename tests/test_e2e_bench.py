@@ -60,7 +60,7 @@ def test_fair_merges_the_skewed_adapter_and_slora_never_merges(run):
         assert by[(mode, alpha, "fixed")]["passes"]["warm"]["hot_share"] == 0.0
 
 
-def test_ratios_and_targets_carry_the_issues_six_keys(run):
+def test_ratios_and_targets_carry_the_six_goal_keys(run):
     _, results = run
     assert tuple(results["ratios"]) == RATIO_KEYS
     assert all(results["ratios"][k] is not None for k in RATIO_KEYS if k != "gpu_busy_decode")

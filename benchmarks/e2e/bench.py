@@ -1,4 +1,4 @@
-"""The end-to-end engine benchmark of issue 10: the public generate() path (all requests added at once, then
+"""The end-to-end engine benchmark: the public generate() path (all requests added at once, then
 step() until done) on Llama-2-7B shapes with random bf16 weights and 100 rank-16 in-memory adapters on all seven
 projections; max_num_seqs 128, max_adapter_slots 101, max_model_len 1024.
 
@@ -8,14 +8,14 @@ prompt 128, output 128) at alpha 0.02, 0.1, 0.5, 1, and S-LoRA's length "mix" (i
 [8, 512)). Each configuration gets its own engine: start-up (timed: constructor, adapters, warm_up()), a cold
 pass, a warm pass of the same requests, then a profiled window of decode steps (GPU-busy fraction). Writes
 e2e_<date>_<gpu>.json, .md and .png into --out, rewritten after every configuration; prints a line per
-configuration and pass, with an ETA. The JSON's "ratios" and "targets" are the issue's six.
+configuration and pass, with an ETA. The JSON's "ratios" and "targets" are the six goals.
 
-GPU run (one H200). The default is 12 configurations: every mode at the four alphas with fixed lengths, and the
-length mix at alpha 0.02 only. On 2026-12-02 a fixed-length configuration took 26-35 s (the first 75 s: it draws
-the adapters and compiles the kernels), a length-mix one 73 s: about 9 minutes with the process's start; no
-configuration starts that would end after --deadline-min (default 9), and a skipped one is named in the notes:
+GPU run. The default is 12 configurations: every mode at the four alphas with fixed lengths, and the length mix
+at alpha 0.02 only. The first configuration takes longest (it draws the adapters and compiles the kernels) and
+a length-mix one about twice a fixed-length one; no configuration starts that would end after --deadline-min
+(default 9, about what the default takes on an H200), and a skipped one is named in the notes:
     python -m benchmarks.e2e.bench --out DIR
-Subsets, e.g. the issue's six ratios alone (about 4 minutes), or the length mix at alpha 0.02 and 1 (about 6):
+Subsets, e.g. the six ratios alone (about 4 minutes), or the length mix at alpha 0.02 and 1 (about 6):
     python -m benchmarks.e2e.bench --alphas 0.02,1 --lengths fixed --out DIR
     python -m benchmarks.e2e.bench --lengths mix --mix-alphas 0.02,1 --out DIR
 CPU smoke run (the embedded demo model and its six adapters, 12 short requests; under a minute):
@@ -53,7 +53,7 @@ TINY = Settings(
     rank=16, requests=12, max_num_seqs=6, max_adapter_slots=7, max_model_len=256, max_num_batched_tokens=128,
     lengths=TINY_LENGTHS, profile_steps=10,
 )
-PRIOR_S = {"fixed": 35.0, "mix": 75.0}  # a GPU configuration's seconds (H200, 2026-12-02), before one has run here
+PRIOR_S = {"fixed": 35.0, "mix": 75.0}  # a GPU configuration's seconds (an H200's) until one has run here
 TINY_PRIOR_S = 3.0
 
 

@@ -1,4 +1,4 @@
-"""The end-to-end benchmark's ratios and targets (issue 10), its markdown report, plot and output files.
+"""The end-to-end benchmark's ratios and targets, its markdown report, plot and output files.
 
 Ratios compare warm passes of the fixed-length workload measured in the same run; `gpu_busy_decode` is the
 lowest over the configurations, `cold_over_warm` the worst configuration's cold/warm tokens/s. A ratio whose
@@ -76,7 +76,7 @@ def markdown(results: dict) -> str:
         f"- Triton compile hook: {meta['compile_hook']} (compiled kernels are per process: engines after the first "
         f"find what earlier ones compiled); run wall time {meta['wall_s']:.0f} s",
         "",
-        "## Targets (issue 10; warm passes, fixed lengths, this run)",
+        "## Targets (warm passes, fixed lengths, this run)",
         "",
         "| ratio | target | value | goal | | from |",
         "|---|---|---:|---|---|---|",

@@ -1,4 +1,4 @@
-"""The end-to-end benchmark's settings, configurations and requests (issue 10).
+"""The end-to-end benchmark's settings, configurations and requests.
 
 A configuration is a mode, an adapter popularity and a length workload; its requests are drawn as S-LoRA's
 trace.py draws them (seed 42): adapter floor(N · power(alpha)), input and output lengths uniform in their
@@ -17,7 +17,7 @@ MODES = ("base", "slora", "fair")
 
 @dataclass(frozen=True)
 class Lengths:
-    name: str  # "fixed" (the issue's 128/128) or "mix" (S-LoRA's uniform length mix)
+    name: str  # "fixed" (128 in, 128 out) or "mix" (S-LoRA's uniform length mix)
     input_range: tuple[int, int]  # [lo, hi)
     output_range: tuple[int, int]
 

@@ -1,4 +1,4 @@
-"""The engine benchmark of issue 4: decode, prefill and hot-merge timings of fair_lora (modes base, fair, slora)
+"""The engine benchmark: decode, prefill and hot-merge timings of fair_lora (modes base, fair, slora)
 and of transformers + peft, each against a roofline measured in the same run; writes JSON, markdown and a plot.
 
 Full run on the GPU machine (Llama-2-7B shapes, random bf16 weights, 100 rank-16 adapters; about 5 minutes,

@@ -1,4 +1,4 @@
-"""The markdown report of one run (setup, issue 4's targets, decode tables per adapter set and CUDA-graph
+"""The markdown report of one run (setup, targets, decode tables per adapter set and CUDA-graph
 setting, prefill, hot merge, notes) and the run's environment. `results` is the JSON the benchmark writes."""
 import statistics
 
@@ -13,7 +13,7 @@ MET = {True: "met", False: "**missed**", None: "n/a"}
 
 def markdown(results: dict) -> str:
     ix, meta = Index(results), results["meta"]
-    lines = _setup(meta, results["calibration"]) + ["## Targets (issue 4)", ""]
+    lines = _setup(meta, results["calibration"]) + ["## Targets", ""]
     lines += ["| target | goal | reached | met | where |", "|---|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['goal']} | {t['reached']} | {MET[t['met']]} | {t['where']} |"
               for t in results["targets"]]

@@ -67,8 +67,9 @@ class Cost:
 
 
 def correction(adapters: Sequence[int | None], hot: int | None) -> tuple[list[int], set[int]]:
-    """The LoRA entries of a batch (DESIGN.md): a token of adapter i != hot gets i, and also hot when one is
-    merged; a base token gets hot when one is merged. Returns (adapter of each entry, distinct adapters)."""
+    """The LoRA entries of a batch (docs/design.md, "The idea in one formula"): a token of adapter i != hot gets
+    i, and also hot when one is merged; a base token gets hot when one is merged. Returns (adapter of each entry,
+    distinct adapters)."""
     entries = []
     for a in adapters:
         if a is not None and a != hot:

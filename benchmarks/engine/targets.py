@@ -1,4 +1,4 @@
-"""Issue 4's numbers to reach, judged on one run's records: each row gives the goal, the worst value reached
+"""The engine's numbers to reach, judged on one run's records: each row gives the goal, the worst value reached
 (met or missed) and where that worst value was measured."""
 import statistics
 from collections.abc import Callable

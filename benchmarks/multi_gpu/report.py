@@ -1,4 +1,4 @@
-"""The multi-GPU benchmark's summary, from every line of its JSON lines file: the issue's ratios (scaling with K on
+"""The multi-GPU benchmark's summary, from every line of its JSON lines file: its ratios (scaling with K on
 two-hot, hot-adapter over default router at K = 2, routing hit rate, how soon a new hot adapter is merged after a
 shift), a markdown table per deployment and scenario, and a plot (throughput vs K; each worker's merged adapter
 over time in the shift scenario). Written next to the file: <stem>.json, <stem>.md, <stem>.png."""
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmarks.common.report import figure, write_files
 
-TARGETS = {  # issue 16
+TARGETS = {
     "scaling_K2": ("two-hot tok/s, 2 workers / 1", ">=", 1.9),
     "scaling_K4": ("two-hot tok/s, 4 workers / 1", ">=", 3.7),
     "router_gain_K2": ("two-hot tok/s, hot-adapter router / Serve's default, 2 workers", ">=", 1.15),
@@ -96,7 +96,7 @@ def markdown(records: list[dict], info: dict, name: str) -> str:
         " hit rate: of the completed requests of the second half whose adapter some worker had merged, the share"
         " admitted by such a worker",
         "",
-        "## Targets (issue 16)",
+        "## Targets",
         "",
         "| ratio | what | goal | value | |",
         "|---|---|---|---:|---|",

@@ -1,4 +1,4 @@
-"""The presets of configs/ served for real on this machine (issue 12): each starts with random weights of its
+"""The presets of configs/ served for real on this machine: each starts with random weights of its
 model's shapes (load_format dummy) and synthetic adapters under the preset's adapter names, on one worker; HTTP
 requests over every adapter; skewed traffic until the plan merges an adapter while requests stream; the worker
 killed mid-stream and Serve's replacement serving again. Prints a table; exits 1 if a check failed.

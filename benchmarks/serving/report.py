@@ -7,7 +7,7 @@ import torch
 
 from benchmarks.common.report import figure, output_stem, run_meta, write_files
 
-TARGET_TOK_S = 0.90  # issue 15: HTTP / engine tokens/s at 64 and 256 in flight (H200); 0.80 on the CPU demo
+TARGET_TOK_S = 0.90  # HTTP / engine tokens/s at 64 and 256 in flight (H200); 0.80 on the CPU demo
 TARGET_TTFT = 1.2  # HTTP / engine TTFT p50
 TARGET_WAVE = 0.90  # the first wave after ready, over a later one
 

@@ -168,7 +168,7 @@ class Run:
 
 
 def targets(results: dict) -> list[dict]:
-    """VTC's max service difference ≤ 1/10 of FCFS's at ≥ 0.98× FCFS's throughput (issue 13)."""
+    """VTC's max service difference ≤ 1/10 of FCFS's at ≥ 0.98× FCFS's throughput."""
     rows = []
     for name in TARGET_WORKLOADS:
         if name in results["workloads"]:
