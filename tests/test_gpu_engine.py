@@ -59,7 +59,7 @@ def test_cuda_graphs_give_the_same_tokens_as_eager(gpu_demo):
 
 
 def test_bf16_engine_agrees_with_peft_bf16_on_a_decisive_model(tmp_path_factory):
-    """Issue 4, asserted: >= 99% raw agreement with peft in bf16, CUDA graphs on, a hot adapter merged, every
+    """Asserted: >= 99% raw agreement with peft in bf16, CUDA graphs on, a hot adapter merged, every
     adapter and the base model in one batch. See tests/test_bf16_agreement.py for the model and the three checks."""
     demo = make_demo(tmp_path_factory.mktemp("decisive-gpu-demo"), DECISIVE_GPU_SPEC)
     engine = make_engine(demo, device="cuda", dtype="bfloat16")

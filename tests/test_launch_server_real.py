@@ -1,7 +1,7 @@
-"""benchmarks/launch_server.py's Real setting with no --model: SmolLM2-135M-Instruct under its own name, each shipped
+"""benchmarks/harness/launch_server.py's Real setting with no --model: SmolLM2-135M-Instruct under its own name, each shipped
 adapter served under several names, and the CPU's context set by --max-model-len."""
-from benchmarks.launch_server import build_app_args, default_real_assets, parse_args
-from benchmarks.synthetic_assets import plan_assets
+from benchmarks.harness.launch_server import build_app_args, default_real_assets, parse_args
+from benchmarks.common.synthetic_assets import plan_assets
 from deployments.app_builder import parse_args as validate
 
 pytest_plugins = ["tests.real_model_fixtures"]
