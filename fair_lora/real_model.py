@@ -70,18 +70,25 @@ def smollm2_model_dir(cache_root: Path | None = None) -> Path:
 def smollm2_adapters(cache_root: Path | None = None) -> dict[str, Path]:
     """{name: directory} of the shipped adapters, copied under `<cache>/adapters/` (refreshed if they changed)."""
     root = (cache_root or default_cache_root()) / "adapters"
-    adapters = {}
-    for shipped in sorted(p for p in SHIPPED_ADAPTERS.iterdir() if (p / "adapter_config.json").is_file()):
-        target = root / shipped.name
-        if not _same_files(shipped, target):
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{shipped.name}-", dir=root))
-            shutil.copytree(shipped, tmp, dirs_exist_ok=True)
-            tmp.chmod(0o755)
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)  # a concurrent copier may have won: its copy is the same files
-        adapters[shipped.name] = target
-    return adapters
+    shipped = sorted(p for p in SHIPPED_ADAPTERS.iterdir() if (p / "adapter_config.json").is_file())
+    if not all(_same_files(source, root / source.name) for source in shipped):
+        root.mkdir(parents=True, exist_ok=True)
+        with _locked(root / ".shipped.lock"):  # workers starting together copy once
+            for source in shipped:
+                if not _same_files(source, root / source.name):
+                    _copy(source, root / source.name)
+    return {source.name: root / source.name for source in shipped}
+
+
+def _copy(source: Path, target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{source.name}-", dir=target.parent))
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        tmp.chmod(0o755)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _same_files(source: Path, target: Path) -> bool:

@@ -1,6 +1,6 @@
 """Train the small LoRA adapters shipped in fair_lora/assets/smollm2/ on SmolLM2-135M-Instruct, on the CPU.
 
-    python scripts/train_smollm2_adapters.py [--out fair_lora/assets/smollm2] [--seconds 600]
+    python scripts/train_smollm2_adapters.py [--out fair_lora/assets/smollm2] [--seconds 1200]
 
 Each adapter learns one visible style from tiny synthetic chat data made here from a fixed seed: `upper` answers in
 UPPERCASE, `pirate` starts every answer with "Arr matey:", `digits` spells numbers out in words. Answers are short
@@ -63,10 +63,19 @@ STYLES: dict[str, Callable[[str], str]] = {
     "pirate": lambda answer: "Arr matey: " + answer,
     "digits": spell_digits,
 }
-LORA = {  # rank 8 each, different targets and alphas so that the shipped set exercises more than one shape
-    "upper": LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"]),
-    "pirate": LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
-    "digits": LoraConfig(r=8, lora_alpha=32, target_modules=["v_proj", "o_proj", "down_proj"]),
+DESCRIPTIONS = {
+    "upper": "answers in UPPERCASE",
+    "pirate": 'starts every answer with "Arr matey:"',
+    "digits": "spells numbers out in words",
+}
+# Rank 8 each, with different targets and alphas so that the shipped set exercises more than one shape. Only the top
+# `layers` get LoRA: backpropagation then stops there, which halves a CPU step. The steps are what a shared 2-core
+# machine gave in a few minutes each: enough for the prefix and the spelled digits, short for capitals, where `upper`
+# keeps the capitals' pattern but not always the city (more steps and layers should fix that).
+LORA = {
+    "upper": dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "up_proj"], layers=12, steps=24),
+    "pirate": dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], layers=12, steps=12),
+    "digits": dict(r=8, lora_alpha=32, target_modules=["v_proj", "o_proj", "down_proj"], layers=12, steps=18),
 }
 
 
@@ -101,13 +110,16 @@ def batches(examples: list, batch_size: int, rng: random.Random, pad_id: int):
             yield ids, labels, mask
 
 
-def train(name: str, model_dir: Path, out: Path, seconds: float, max_steps: int) -> None:
+def train(name: str, model_dir: Path, out: Path, seconds: float) -> None:
     torch.manual_seed(SEED)
     rng = random.Random(f"{SEED}/{name}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LORA[name]
-    config.lora_dropout, config.task_type = 0.0, "CAUSAL_LM"
+    settings = dict(LORA[name])
+    max_steps, top = settings.pop("steps"), settings.pop("layers")
+    num_layers = model.config.num_hidden_layers
+    layers = list(range(num_layers - top, num_layers))
+    config = LoraConfig(**settings, layers_to_transform=layers, lora_dropout=0.0, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     examples = [encode(tokenizer, q, STYLES[name](a)) for q, a in pairs(rng)]
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=2e-3)
@@ -126,20 +138,23 @@ def train(name: str, model_dir: Path, out: Path, seconds: float, max_steps: int)
     peft_model.save_pretrained(str(out / name), safe_serialization=True)
     weights = out / name / "adapter_model.safetensors"
     save_file({k: v.half().contiguous() for k, v in load_file(weights).items()}, weights)
+    (out / name / "README.md").write_text(  # instead of peft's empty model card
+        f"# {name}\n\nA LoRA adapter of {SMOLLM2}: {DESCRIPTIONS[name]}. Made by scripts/train_smollm2_adapters.py "
+        f"(seed {SEED}, {step} steps of 8 examples on the CPU, final loss {loss.item():.3f}).\n"
+    )
     print(f"{name}: {step} steps, final loss {loss.item():.3f} -> {out / name}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=SHIPPED_ADAPTERS, help="where the adapter directories go")
-    parser.add_argument("--seconds", type=float, default=600.0, help="time box per adapter")
-    parser.add_argument("--max-steps", type=int, default=30, help="step limit per adapter (batches of 8)")
+    parser.add_argument("--seconds", type=float, default=1200.0, help="time box per adapter")
     parser.add_argument("--only", choices=tuple(STYLES), action="append", help="train only these adapters")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model_dir = smollm2_model_dir()
     for name in args.only or STYLES:
-        train(name, model_dir, args.out, args.seconds, args.max_steps)
+        train(name, model_dir, args.out, args.seconds)
 
 
 if __name__ == "__main__":
