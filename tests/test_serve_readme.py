@@ -94,5 +94,5 @@ def test_the_openai_example_works_as_written(app):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(example.replace(README_HOST, app.removeprefix("http://")), {})  # noqa: S102 - README's own code
-    base, upper = printed.getvalue().splitlines()
-    assert "Tokyo" in base and "TOKYO" in upper, printed.getvalue()
+    base, pirate = printed.getvalue().splitlines()
+    assert "Tokyo" in base and "Arr matey" in pirate, printed.getvalue()
