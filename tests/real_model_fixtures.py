@@ -23,13 +23,13 @@ class RealAssets:
 
 @pytest.fixture(scope="session")
 def real():
-    from fair_lora.real_model import find_gguf, smollm2_adapters, smollm2_model_dir
+    from fair_lora.real_model import smollm2_adapters, smollm2_model_dir
 
     try:
-        find_gguf()
+        model_dir = smollm2_model_dir()  # a conversion already in the cache needs no GGUF (e.g. one carried to a GPU)
     except ModelFormatError as missing:
         pytest.skip(str(missing))
-    return RealAssets(smollm2_model_dir(), smollm2_adapters())
+    return RealAssets(model_dir, smollm2_adapters())
 
 
 def chat_prompt(tokenizer, question: str) -> list[int]:
