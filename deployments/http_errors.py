@@ -87,6 +87,11 @@ async def http_error_handler(_: Request, error: Exception) -> JSONResponse:
 
 async def validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0] if error.errors() else {}
+    if first.get("type") == "json_invalid":  # its loc holds the character offset, which names no field
+        offset = next((part for part in first.get("loc", ()) if isinstance(part, int)), None)
+        where = f" at character {offset}" if offset is not None else ""
+        why = first.get("ctx", {}).get("error", "decode error")
+        return HTTPError(400, f"the body is not valid JSON: {why}{where}").response()
     where = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(where) or None
     # Our own checks raise ValueError, which pydantic reports as "Value error, <message>": the message is enough.
