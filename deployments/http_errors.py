@@ -6,6 +6,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.exceptions import RayActorError, RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
+from deployments.worker_rerun import WorkerLostError
 from fair_lora.engine.core_client import EngineDeadError
 from fair_lora.errors import (
     AdapterError,
@@ -70,10 +71,12 @@ def to_http_error(error: BaseException) -> HTTPError:
         return HTTPError(status, str(error))
     if isinstance(error, BackPressureError):
         return HTTPError(429, "every worker's queue is full; retry later")
+    if isinstance(error, WorkerLostError):
+        return HTTPError(503, f"{error}; retry")
     if isinstance(error, (RayActorError, EngineDeadError, DeploymentUnavailableError)):
         return HTTPError(503, f"the worker serving this request failed ({type(error).__name__}); retry")
-    if isinstance(error, RayTaskError):
-        return HTTPError(503, f"the worker serving this request failed: {error.cause!r}; retry")
+    if isinstance(error, RayTaskError):  # the worker raised: a bug of ours for this request, not a worker lost
+        return HTTPError(500, f"internal error in the worker: {error.cause!r}")
     return HTTPError(500, f"internal error: {error!r}")
 
 
