@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -17,6 +17,7 @@ from ray.serve.metrics import Counter
 
 from deployments.app_args import AppArgs
 from deployments.body_limit import BodyLimit
+from deployments.call_stream import CallStream
 from deployments.http_errors import (
     EXPECTED_ERRORS,
     HTTPError,
@@ -78,21 +79,6 @@ def _generate_delta(request: GenerateRequest, result: Result, delta: Delta) -> d
     if delta.finished:
         line["usage"] = result.usage()
     return line
-
-
-class CallStream(StreamingResponse):
-    """Closes its worker call however the response ends: a client gone before the first chunk is pulled
-    never runs the generator's `finally`, and the worker would otherwise generate for nobody."""
-
-    def __init__(self, call: WorkerCall, content: AsyncIterator[str], **kwargs) -> None:
-        super().__init__(content, **kwargs)
-        self.call = call
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.call.close()
 
 
 app = FastAPI(title="fair_lora")
