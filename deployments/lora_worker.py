@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -213,6 +214,7 @@ class LoRAWorker:
             "worker": self.rank,
             "replica": serve.get_replica_context().replica_tag,
             "engine_pid": self.engine.client.process.pid,  # for operators (and fault tests) on the worker's node
+            "node_id": ray.get_runtime_context().get_node_id(),
             "runtime_adapters": dict(self.runtime_adapters),
             "popularity_tracker_reachable": self.link.available,
         }
