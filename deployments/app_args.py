@@ -41,7 +41,10 @@ class PopularityArgs(_Strict):
 class ReplicaArgs(_Strict):
     num_replicas: PositiveInt = 1
     num_cpus: float = Field(0.1, ge=0.0)  # fractional on CPU machines: three 1-CPU replicas never fit on 2 cores
-    num_gpus: float = Field(0.0, ge=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)  # a fraction shares a GPU: give each worker its gpu_memory_utilization share
+    # Ray custom resources each replica needs, e.g. {"fair_lora_worker": 1} with `ray start --resources
+    # '{"fair_lora_worker": 1}'` on the nodes that may hold a worker: pins replicas to nodes (docs/cluster.md).
+    resources: dict[str, float] = Field(default_factory=dict)
     max_ongoing_requests: PositiveInt | None = None  # None: derived (workers: batch + queue; ingress: 1024)
     # Requests the callers (the HTTP proxy, the ingress) may queue for these replicas beyond max_ongoing_requests;
     # past it they get 503 (proxy) / 429 (ingress) at once instead of waiting in an unbounded queue.
