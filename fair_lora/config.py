@@ -1,4 +1,5 @@
 """Engine configuration: one dataclass, validated once, passed explicitly."""
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -47,6 +48,7 @@ class EngineConfig:
     demo_dir: str | None = None  # where the demo assets are created; None: ~/.cache/fair_lora/demo
 
     def __post_init__(self) -> None:
+        self.adapter_roots = [os.path.expanduser(root) for root in self.adapter_roots]  # YAML has no $HOME
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.load_format not in ("safetensors", "dummy"):
