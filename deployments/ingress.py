@@ -38,6 +38,7 @@ from deployments.openai_protocol import (
 )
 from deployments.openai_responses import OpenAIFormat, Result, sse
 from deployments.popularity_link import PopularityFeed, PopularityLink
+from deployments.readiness import WorkerReadiness
 from deployments.worker_call import WorkerCall
 from deployments.worker_rerun import complete
 from deployments.worker_fleet import WorkerFleet
@@ -101,6 +102,7 @@ class Ingress:
         self.link = link
         self.feed = PopularityFeed(link, args.routing.flush_s)
         self.fleet = WorkerFleet(workers, link, ADMIN_TIMEOUT_S)
+        self.readiness = WorkerReadiness(workers, args.workers.num_replicas)
         self.responses = Counter("fair_lora_http_responses", "HTTP responses by route and status", ("path", "status"))
         self.live = LiveMetrics()  # this replica's own, for GET /metrics
         self.live.family("fair_lora_http_responses", "counter", "HTTP responses by route and status")
@@ -217,6 +219,9 @@ class Ingress:
 
     @app.get("/v1/models")
     async def models(self):
+        readiness = await self.readiness.check()
+        if not readiness.running:  # a broadcast to no worker would wait for one to start
+            raise HTTPError(503, f"no worker is up yet: {readiness.describe()}")
         workers = [w for w in await self.fleet.describe() if "adapters" in w]
         if not workers:
             raise HTTPError(503, "no worker answered; retry")
@@ -253,6 +258,12 @@ class Ingress:
     @app.get("/health")
     async def health(self):
         return PlainTextResponse("")
+
+    @app.get("/ready")
+    async def ready(self):
+        """200 once every worker is warm, 503 until then; answered at once, from Serve's controller."""
+        readiness = await self.readiness.check()
+        return PlainTextResponse(readiness.describe() + "\n", status_code=200 if readiness.ready else 503)
 
     @app.get("/metrics")
     async def metrics(self):

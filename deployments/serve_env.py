@@ -1,11 +1,11 @@
 """Ray Serve's throughput-optimised mode, and where the ingress then listens itself.
 
-Measured on the CPU demo (2026-12-02, 32 in flight, 100-token prompts, 32 outputs): through Serve's default
-path (HTTP proxy → ingress → worker over Ray actor calls, user code on a separate thread) the service gave 590-680
-tok/s streamed and 1,350 whole; with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (replica-to-replica calls over gRPC, user
-code and router on the replica's main loop, GC frozen after start) 950-980 and 1,630-1,660 through the same
-proxy port; sent straight to the ingress replica's own HTTP server (Serve's "direct ingress", part of that
-mode) 1,540 and 2,010. Serve reads these variables when its controller and replicas start, so they must be in
+Serve's default path (HTTP proxy → ingress → worker over Ray actor calls, user code on a separate thread) spends
+more CPU per request than the engine leaves free, so the service falls well behind the engine on the same
+requests. RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (replica-to-replica calls over gRPC, user code and router on the
+replica's main loop, GC frozen after start) removes much of that cost through the same proxy port, and sending
+straight to the ingress replica's own HTTP server (Serve's "direct ingress", part of that mode) skips the proxy's
+share as well; the measurements are in docs/benchmarks.md. Serve reads these variables when its controller and replicas start, so they must be in
 the environment of whatever starts Ray: the launchers here call `use_throughput_mode()` before ray.init, and
 `serve run` needs `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` in its shell (README).
 """

@@ -1,4 +1,4 @@
-"""Issue 4: greedy tokens of the engine in bf16 agree with transformers + peft in bf16 on >= 99% of positions, over
+"""Greedy tokens of the engine in bf16 agree with transformers + peft in bf16 on >= 99% of positions, over
 a mixed-adapter batch with a hot adapter.
 
 On the plain random demo that cannot be shown: its logits are nearly tied, and bf16 rounding alone flips the

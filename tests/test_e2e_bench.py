@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from benchmarks.e2e_bench import main
-from benchmarks.e2e_report import RATIO_KEYS
+from benchmarks.e2e.bench import main
+from benchmarks.e2e.report import RATIO_KEYS
 
 PASS_FIELDS = ("wall_s", "output_tokens", "tokens_per_s", "ttft_ms", "per_token_ms", "decode_step_ms", "hot_share",
                "switches", "triton_compiles", "graphs_captured", "adapters_made_resident", "errors")

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from benchmarks.engine_bench import main
-from benchmarks.plan import REPO
-from benchmarks.roofline import ModelShape, correction
-from benchmarks.workload import Mix, most_frequent
+from benchmarks.engine.bench import main
+from benchmarks.common.report import REPO
+from benchmarks.engine.roofline import ModelShape, correction
+from benchmarks.engine.workload import Mix, most_frequent
 
 TARGET_ROWS = (
     "decode: fair, every token hot, step time vs base",
@@ -82,7 +82,7 @@ def test_compared_modes_are_timed_in_turns(run):
 
 
 def test_interleave_times_each_run_in_turns_after_warming_all_up():
-    from benchmarks.engine_measure import interleave
+    from benchmarks.engine.measure import interleave
 
     order = []
 
@@ -105,7 +105,7 @@ def test_interleave_times_each_run_in_turns_after_warming_all_up():
 def test_engines_that_do_not_fit_together_run_one_after_the_other(tmp_path, monkeypatch):
     import torch
 
-    import benchmarks.engine_measure as engine_measure
+    import benchmarks.engine.measure as engine_measure
 
     make_engine = engine_measure.make_engine
 
@@ -166,8 +166,8 @@ def test_roofline_counts_llama_2_7b_and_the_adapters_the_correction_touches():
 def test_peft_baseline_serves_a_mixed_batch_both_ways(tmp_path):
     import torch
 
-    from benchmarks.hf_peft_baseline import PeftBaseline
-    from benchmarks.plan import TINY_CONFIG
+    from benchmarks.engine.hf_peft_baseline import PeftBaseline
+    from benchmarks.engine.plan import TINY_CONFIG
 
     config = {**json.loads((REPO / "configs" / "llama-2-7b.json").read_text()), **TINY_CONFIG}
     (tmp_path / "config.json").write_text(json.dumps(config))

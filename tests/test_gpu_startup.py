@@ -3,7 +3,7 @@
 graph. Skipped without a GPU."""
 import pytest
 
-from benchmarks.compile_watch import triton_compiles
+from benchmarks.common.compile_watch import triton_compiles
 from fair_lora.demo import make_demo
 from tests.engine_helpers import PROMPTS, greedy, make_engine
 from tests.test_gpu_engine import GPU_SPEC

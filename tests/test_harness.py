@@ -1,4 +1,4 @@
-"""S-LoRA's experiment harness (benchmarks/trace.py, http_load.py, synthetic_assets.py, launch_server.py,
+"""S-LoRA's experiment harness (benchmarks/common/trace.py, http_load.py, synthetic_assets.py, launch_server.py,
 run_exp.py): traces drawn as S-LoRA draws them, its metrics on hand-made records, the client's parsing of the
 NDJSON stream, the app args of each model setting, and one smoke run of launch_server + run_exp --debug."""
 import asyncio
@@ -19,16 +19,16 @@ psutil = pytest.importorskip("psutil")
 
 from aiohttp import web  # noqa: E402 - after the skip above
 
-from benchmarks.http_load import LoadRequest, RequestRecord, run_load, summarize
-from benchmarks.synthetic_assets import adapter_names, plan_assets
-from benchmarks.trace import PROMPT_TOKEN, TraceConfig, TraceRequest, generate_requests, prompt_token_ids
+from benchmarks.common.http_load import LoadRequest, RequestRecord, run_load, summarize
+from benchmarks.common.synthetic_assets import adapter_names, plan_assets
+from benchmarks.common.trace import PROMPT_TOKEN, TraceConfig, TraceRequest, generate_requests, prompt_token_ids
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 
 
 def slora_generate_requests(num_adapters, alpha, req_rate, cv, duration, input_range, output_range, seed=42):
-    """S-LoRA's benchmarks/trace.py generate_requests, its draws and loop as written there (global numpy state)."""
+    """S-LoRA's benchmarks/common/trace.py generate_requests, its draws and loop as written there (global numpy state)."""
     np.random.seed(seed)
     tot_req = int(req_rate * duration)
     probs = np.random.power(alpha, tot_req)
@@ -74,7 +74,7 @@ def test_adapter_names_follow_slora_get_adapter_dirs():
 
 
 def test_suites_hold_the_papers_configurations_and_scale_their_duration():
-    from benchmarks.run_exp import configs, parse_args
+    from benchmarks.harness.run_exp import configs, parse_args
 
     fair = [c for _, c in configs(parse_args(["--fair", "--duration-scale", "0.1"]))]
     assert len(fair) == 12 and {(c.num_adapters, c.alpha) for c in fair} == {
@@ -100,7 +100,7 @@ def _record(index, send, first, end, tokens, adapter="a-0", status=200, error=No
 
 
 def test_slora_metrics_match_their_definitions():
-    from benchmarks.run_exp import slora_result
+    from benchmarks.harness.run_exp import slora_result
 
     trace = [TraceRequest(0, 0, 10, 5, 0.0), TraceRequest(1, 0, 20, 10, 1.0), TraceRequest(2, 0, 30, 30, 2.0)]
     records = [
@@ -137,7 +137,7 @@ def test_summary_counts_failures_and_spreads_chunk_gaps_over_their_tokens():
 
 
 def test_completion_pace_shifts_by_the_latency_so_a_short_probe_that_keeps_up_reads_one():
-    from benchmarks.run_exp import completion_pace
+    from benchmarks.harness.run_exp import completion_pace
 
     trace = [TraceRequest(i, 0, 8, 8, 0.1 * i) for i in range(120)]  # 10 req/s for 12 s
 
@@ -151,7 +151,7 @@ def test_completion_pace_shifts_by_the_latency_so_a_short_probe_that_keeps_up_re
 
 
 def test_sweep_probes_last_at_least_sweep_probe_s_whatever_the_scale(monkeypatch, tmp_path):
-    from benchmarks import run_exp
+    from benchmarks.harness import run_exp
 
     probes = []
 
@@ -172,7 +172,7 @@ def test_sweep_probes_last_at_least_sweep_probe_s_whatever_the_scale(monkeypatch
 
 
 def test_service_over_time_credits_prompt_at_first_token_and_outputs_at_their_chunks():
-    from benchmarks.run_exp import service_over_time
+    from benchmarks.harness.run_exp import service_over_time
 
     records = [_record(0, 0.0, 0.5, 2.5, 3, adapter="x-0", prompt=7), _record(1, 0.0, 1.2, 1.2, 1, adapter=None)]
     service = service_over_time(records, "base", bin_s=1.0)
@@ -254,7 +254,7 @@ def test_client_records_a_refused_connection_as_an_error():
 
 
 def test_s1_dummy_on_cuda_builds_the_app_args_without_writing_anything(tmp_path):
-    from benchmarks.launch_server import build_app_args, parse_args
+    from benchmarks.harness.launch_server import build_app_args, parse_args
     from deployments.app_builder import parse_args as validate
 
     opts = parse_args(["--model-setting", "S1", "--dummy", "--device", "cuda", "--dtype", "bfloat16",
@@ -320,14 +320,14 @@ def test_real_setting_serves_each_adapter_directory_under_several_names(demo):
 
 
 def test_launch_server_runs_as_a_script_from_benchmarks_and_as_a_module(tmp_path):
-    for cwd, command in ((BENCHMARKS, ["launch_server.py"]), (tmp_path, ["-m", "benchmarks.launch_server"])):
+    for cwd, command in ((BENCHMARKS, ["launch_server.py"]), (tmp_path, ["-m", "benchmarks.harness.launch_server"])):
         shown = subprocess.run([sys.executable, *command, "--help"], cwd=cwd, capture_output=True, text=True,
                                timeout=120)
         assert shown.returncode == 0 and "--fair_strategy" in shown.stdout, shown.stderr
 
 
 def test_plot_exp_writes_every_plot_next_to_the_results(tmp_path):
-    from benchmarks.plot_exp import main
+    from benchmarks.harness.plot_exp import main
 
     service = {"bin_s": 1.0, "input_tokens": {"x-0": [9, 0]}, "output_tokens": {"x-0": [3, 4], "x-1": [0, 2]}}
     timeline = [{"t": 0.0, "hot": [None]}, {"t": 1.0, "hot": ["x-0"]}, {"t": 2.0, "hot": ["x-0"]}]

@@ -1,7 +1,7 @@
 """The output-handling benchmark runs on the CPU and reports each mark."""
 import sys
 
-from benchmarks import postprocess_bench
+from benchmarks.engine import postprocess as postprocess_bench
 
 
 def test_postprocess_bench_reports_every_mark(monkeypatch, capsys):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.serve_bench import app_args, measure_engine, measure_http, parse_args, ratios
-from benchmarks.serve_report import write_outputs
-from benchmarks.serve_workload import Case, engine_closed_loop, requests_for
+from benchmarks.serving.bench import app_args, measure_engine, measure_http, parse_args, ratios
+from benchmarks.serving.report import write_outputs
+from benchmarks.serving.workload import Case, engine_closed_loop, requests_for
 from deployments.serve_env import direct_ingress_urls
 from fair_lora.demo import make_demo
 from tests.serve_fixtures import deploy, undeploy

@@ -25,12 +25,13 @@ def test_every_config_builds_the_app_on_localhost(path):
     build_app(app["args"])
 
 
-def test_serve_config_is_the_cpu_demo_with_two_fractional_workers_on_port_8000():
+def test_serve_config_is_the_cpu_smollm2_preset_with_two_fractional_workers_on_port_8000():
     config, app = app_of(REPO / "serve_config.yaml")
-    assert app["args"] == app_of(REPO / "configs" / "cpu_demo.yaml")[1]["args"]
+    assert app["args"] == app_of(REPO / "configs" / "cpu_smollm2.yaml")[1]["args"]
     args = parse_args(app["args"])
     assert config["http_options"]["port"] == 8000
-    assert args.model is None and args.device == "cpu"
+    assert args.model == "SmolLM2-135M-Instruct" and args.device == "cpu" and args.max_model_len
+    assert parse_args(app_of(REPO / "configs" / "cpu_demo.yaml")[1]["args"]).model is None
     assert args.workers.num_replicas == 2 and 0 < args.workers.num_cpus < 1 and 0 < args.ingress.num_cpus < 1
 
 

@@ -217,7 +217,7 @@ def test_fcfs_admits_in_arrival_order_whoever_sends():
 def test_vtc_bench_tiny_run_writes_results(tmp_path, demo_root):
     import json
 
-    from benchmarks.vtc_bench import WORKLOADS, main
+    from benchmarks.vtc.bench import WORKLOADS, main
 
     files = main(["--tiny", "--out", str(tmp_path), "--demo-dir", str(demo_root)])
     assert set(files) == {"json", "md", "png"}

@@ -5,8 +5,8 @@ Each step's report is detokenized in one batch on the client's reader thread, th
 in one callback (not one per request). A request whose consumer is slower than the engine finds several
 steps' deltas waiting and takes them as one (`RequestStream.deltas()` coalesces), so a busy loop sends fewer,
 larger messages instead of falling behind. A request added with `deltas=False` (a non-streamed answer) wakes
-its consumer once, when it finishes: with hundreds of requests in flight, a wake-up per request per step was
-what limited a worker's event loop (H200, 256 in flight: 50 requests/s).
+its consumer once, when it finishes: with hundreds of requests in flight, a wake-up per request per step is
+what limits a worker's event loop.
 
 Streamed requests share a message budget (`stream_messages_per_s`): every message a stream sends costs the
 processes downstream (a Ray Serve worker, its ingress, the HTTP proxy) about the same CPU whatever it carries,

@@ -1,6 +1,6 @@
 """Which low-rank corrections each token of a batch gets; built once per forward, shared by every layer.
 
-With hot adapter h merged into the base weights (DESIGN.md, "The idea in one formula"):
+With hot adapter h merged into the base weights (docs/design.md, "The idea in one formula"):
   a token of h gets no entry; a token of adapter i != h gets (i, +s_i) and (h, -s_h);
   a base-model token gets (h, -s_h). With no hot adapter a token of i gets (i, +s_i).
 Entries are sorted by slot, so each segment reads one adapter's weights (SGMV-style). Inside the hot

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from fair_lora.kernels.dot_precision import dot_precision
 
-BLOCK_M = 16  # tile of W per program: 16 x 256 streamed best of the tiles swept (benchmarks/merge_bench.py)
+BLOCK_M = 16  # tile of W per program: 16 x 256 streamed best of the tiles swept (benchmarks/ops/merge.py)
 BLOCK_N = 256
 
 

@@ -1,0 +1,4 @@
+from benchmarks.serving.bench import main
+
+if __name__ == "__main__":
+    main()
