@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from benchmarks.http_load import LoadRequest, RequestRecord, run_load
+from benchmarks.common.http_load import LoadRequest, RequestRecord, run_load
 
 ADAPTERS = [f"adapter-{i}" for i in range(6)]
 HOSTILE = [  # (path, raw body): each must get a 4xx, never a 5xx

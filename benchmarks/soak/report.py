@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.soak_traffic import Outcome
+from benchmarks.soak.traffic import Outcome
 
 
 def account(outcomes: list[Outcome]) -> dict:

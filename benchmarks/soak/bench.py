@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.http_load import run_load
-from benchmarks.soak_chaos import Chaos, sample_memory
-from benchmarks.soak_report import account, targets, write
-from benchmarks.soak_traffic import adapter_churn, generate, load_request, others, plan
+from benchmarks.common.http_load import run_load
+from benchmarks.soak.chaos import Chaos, sample_memory
+from benchmarks.soak.report import account, targets, write
+from benchmarks.soak.traffic import adapter_churn, generate, load_request, others, plan
 
 APP = "soak"
 ARGS = {  # the demo of serve_config.yaml, with the routing polls of the tests
@@ -132,7 +132,3 @@ def main(argv: list[str] | None = None) -> int:
     print((args.out / "soak.md").read_text())
     met = summary["targets"]["met"]
     return 0 if met["lost = 0"] and met["5xx only after streamed tokens"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
