@@ -102,7 +102,7 @@ async def soak(url: str, churn_adapter: str, args: argparse.Namespace) -> dict:
         others(url, pick("cut", "hostile"), origin),
         adapter_churn(url, churn_adapter, duration, origin),
         chaos.run(duration, args.seed, origin),
-        sample_memory(APP, origin, duration + 30),
+        sample_memory(APP, origin, duration + 5),
     )
     outcomes = [o for part in results[:4] for o in part]
     memory = results[5]

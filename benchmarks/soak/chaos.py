@@ -22,9 +22,10 @@ class Chaos:
     events: list[dict] = field(default_factory=list)  # {"at": s after the start, "fault": ..., "what": ...}
 
     def schedule(self, duration_s: float, seed: int) -> list[tuple[float, str]]:
-        """Each fault once, at a random time in the middle 60% of the run, in random order."""
+        """Each fault once, in random order, at a random time in its own slot: 15-30%, 40-55%, 65-80% of the run."""
         rng = random.Random(seed)
-        return sorted((rng.uniform(0.2, 0.8) * duration_s, fault) for fault in FAULTS)
+        order = rng.sample(FAULTS, len(FAULTS))
+        return [(rng.uniform(0.15 + 0.25 * i, 0.3 + 0.25 * i) * duration_s, fault) for i, fault in enumerate(order)]
 
     async def run(self, duration_s: float, seed: int, origin: float) -> None:
         for at, fault in self.schedule(duration_s, seed):
@@ -39,16 +40,25 @@ class Chaos:
                 return name, ray.get_actor(name, namespace=entry["namespace"])
         raise RuntimeError(f"no live {deployment} replica to kill")
 
-    def _workers(self) -> list[dict]:
-        return [w for w in httpx.get(f"{self.url}/stats", timeout=30).json()["workers"] if "replica" in w]
+    def _victim(self, timeout_s: float = 120.0) -> dict:
+        """Worker 0, once it serves: both worker faults hit the same rank, so the other worker always serves (a
+        fleet with no worker at all only queues requests until Serve has replaced one)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            workers = httpx.get(f"{self.url}/stats", timeout=30).json()["workers"]
+            victim = next((w for w in workers if w.get("worker") == 0 and "adapters" in w), None)
+            if victim is not None:
+                return victim
+            time.sleep(1)
+        raise RuntimeError(f"worker 0 did not come back within {timeout_s:.0f} s")
 
     def kill_worker(self) -> str:
-        name, actor = self._replica("LoRAWorker", random.choice(self._workers())["replica"])
+        name, actor = self._replica("LoRAWorker", self._victim()["replica"])
         ray.kill(actor, no_restart=True)
         return name
 
     def kill_engine(self) -> str:
-        worker = random.choice(self._workers())
+        worker = self._victim()
         os.kill(worker["engine_pid"], signal.SIGKILL)
         return f"engine process {worker['engine_pid']} of {worker['replica']}"
 
