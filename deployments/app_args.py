@@ -101,8 +101,16 @@ class AppArgs(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "AppArgs":
-        if self.device == "cuda" and self.workers.num_gpus < 1:
-            raise ValueError("device is 'cuda' but workers.num_gpus < 1: give each worker a GPU (workers.num_gpus: 1)")
+        if self.device == "cuda" and self.workers.num_gpus <= 0:
+            raise ValueError("device is 'cuda' but workers.num_gpus is 0: give each worker a GPU (workers.num_gpus: 1), "
+                             "or a share of one (0.5: two workers per GPU, each with num_kv_tokens set)")
+        if self.device == "cuda" and self.workers.num_gpus < 1 and self.num_kv_blocks is None and self.num_kv_tokens is None:
+            # gpu_memory_utilization budgets the whole device, every process's memory counted: workers sharing a
+            # GPU would race to size their caches from the same free memory. Each gets its share explicitly.
+            raise ValueError(
+                f"workers.num_gpus is {self.workers.num_gpus}: workers share a GPU, so give each its KV cache "
+                "explicitly with num_kv_tokens (or num_kv_blocks)"
+            )
         if self.num_kv_blocks is not None and self.num_kv_tokens is not None:
             raise ValueError("set num_kv_blocks or num_kv_tokens, not both")
         if self.model is None and self.device == "cpu" and self.workers.num_gpus:

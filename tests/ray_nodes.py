@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -60,7 +61,10 @@ def _ports() -> list[str]:
 def start_node(name: str, resources: dict[str, float], num_cpus: float, head: RayNode | None = None) -> RayNode:
     """`ray start --head` (head is None) or `ray start --address` of head; blocks until the node has joined."""
     node = RayNode(name, f"{name}-{uuid.uuid4().hex[:8]}")
-    env = {**os.environ, MARKER: node.marker, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    # A temp directory of the cluster's own: `ray start --head` writes the address of "the current cluster" in
+    # it, where a plain ray.init() of anyone else on the machine would otherwise find it and connect.
+    tmp = head.env["RAY_TMPDIR"] if head else tempfile.mkdtemp(prefix="fl_ray_", dir="/tmp")
+    env = {**os.environ, MARKER: node.marker, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO), "RAY_TMPDIR": tmp}
     args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--node-ip-address=127.0.0.1",
             f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}", "--disable-usage-stats", *_ports()]
     if head is None:

@@ -4,6 +4,7 @@ one each (so one lands on each node) and the ingress pinned to the head. The app
 popularity plan and hot-adapter routing span them; then the second node is killed under load: requests complete
 or are re-run, and the plan rebuilds on the node that is left."""
 import asyncio
+import shutil
 
 import httpx
 import pytest
@@ -48,6 +49,8 @@ serve.run(build_app({dict(ARGS, demo_dir=str(demo))!r}), name="two_nodes", route
     finally:
         for node in reversed(nodes):
             node.kill()
+        if nodes:
+            shutil.rmtree(nodes[0].env["RAY_TMPDIR"], ignore_errors=True)
 
 
 def _stats(url: str) -> dict | None:
