@@ -33,6 +33,9 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.90
     scheduling_policy: str = "fcfs"  # "fcfs" or "vtc" (fair share of tokens across clients)
     fair_weights: dict[str, float] = field(default_factory=dict)  # vtc: client (adapter) -> weight, default 1
+    # Launch step N+1 before reading step N's tokens, so the host's work overlaps the device's; outputs come one
+    # step late. None: on for CUDA, off on the CPU (where it gains nothing).
+    async_scheduling: bool | None = None
     cuda_graphs: bool = True  # on CUDA, replay decode steps from captured graphs (batch sizes up to 256)
     warmup: bool = True  # on CUDA, compile kernels, capture graphs and load adapter slots before serving
     popularity: PopularityConfig = field(default_factory=PopularityConfig)

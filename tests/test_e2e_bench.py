@@ -14,7 +14,7 @@ STARTUP_FIELDS = ("seconds", "constructor_s", "add_adapters_s", "warmup_s", "tri
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    files = main(["--tiny", "--out", str(tmp_path_factory.mktemp("e2e"))])
+    files = main(["--tiny", "--hot-shares", "0.98,0.8", "--out", str(tmp_path_factory.mktemp("e2e"))])
     return files, json.loads(files["json"].read_text())
 
 
@@ -29,7 +29,7 @@ def test_tiny_run_writes_json_markdown_and_plot(run):
 def test_every_mode_alpha_and_length_workload_runs_in_its_own_engine(run):
     _, results = run
     assert not results["notes"], results["notes"]
-    ran = {(c["mode"], c["alpha"], c["lengths"]) for c in results["configs"]}
+    ran = {(c["mode"], c["alpha"], c["lengths"]) for c in results["configs"] if c["hot_share"] is None}
     fixed = {("base", None, "fixed")} | {(m, a, "fixed") for m in ("fair", "slora") for a in (0.02, 1.0)}
     mix = {("base", None, "mix"), ("fair", 0.02, "mix"), ("slora", 0.02, "mix")}
     assert ran == fixed | mix
@@ -60,7 +60,17 @@ def test_fair_merges_the_skewed_adapter_and_slora_never_merges(run):
         assert by[(mode, alpha, "fixed")]["passes"]["warm"]["hot_share"] == 0.0
 
 
-def test_ratios_and_targets_carry_the_six_goal_keys(run):
+def test_the_hot_share_sweep_draws_each_share_and_reports_its_distinct_adapters(run):
+    _, results = run
+    sweep = {(c["mode"], c["hot_share"]): c["workload"] for c in results["configs"] if c["hot_share"] is not None}
+    assert set(sweep) == {(m, s) for m in ("fair", "slora") for s in (0.98, 0.8)}
+    for (_, share), workload in sweep.items():
+        assert abs(workload["top_adapter_share"] - share) <= 0.25, "12 requests: the share is drawn, not exact"
+        assert workload["distinct_adapters"] >= 1
+    assert sweep[("fair", 0.98)]["top_adapter_share"] >= sweep[("fair", 0.8)]["top_adapter_share"]
+
+
+def test_ratios_and_targets_carry_the_ratio_keys(run):
     _, results = run
     assert tuple(results["ratios"]) == RATIO_KEYS
     assert all(results["ratios"][k] is not None for k in RATIO_KEYS if k != "gpu_busy_decode")

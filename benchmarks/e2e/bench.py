@@ -38,7 +38,7 @@ from benchmarks.e2e.counters import compile_hook_name
 from benchmarks.e2e.measure import build_engine, model_directory, run_pass
 from benchmarks.e2e.report import progress_line, ratios, targets, write_outputs
 from benchmarks.e2e.workload import (GPU_LENGTHS, MODES, TINY_LENGTHS, Configuration, Settings, configurations,
-                                     requests_for, workload_summary)
+                                     requests_for, sweep_configurations, workload_summary)
 from benchmarks.engine.measure import free_device
 from benchmarks.common.report import REPO, RESULTS, output_stem, run_meta
 
@@ -53,6 +53,8 @@ TINY = Settings(
     rank=16, requests=12, max_num_seqs=6, max_adapter_slots=7, max_model_len=256, max_num_batched_tokens=128,
     lengths=TINY_LENGTHS, profile_steps=10,
 )
+SWEEP_SHARES = (1.0, 0.98, 0.8, 0.6, 0.3)  # with alpha 0.02 (91%) and 1 (uniform): the headline sweep
+DEMO_ADAPTERS = 6  # --tiny: the demo's own adapters
 PRIOR_S = {"fixed": 35.0, "mix": 75.0}  # a GPU configuration's seconds (an H200's) until one has run here
 TINY_PRIOR_S = 3.0
 
@@ -68,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=None, help="requests a pass (default 512; --tiny 12)")
     p.add_argument("--profile-steps", type=int, default=None, help="steps of the profiled decode window")
     p.add_argument("--device", default=None, help="default: cuda, or cpu with --tiny")
+    p.add_argument("--hot-shares", type=floats, default=None,
+                   help="also sweep the top adapter's share, e.g. 1,0.98,0.8,0.6,0.3 (fixed lengths)")
+    p.add_argument("--sweep", action="store_true",
+                   help="the hot-share sweep: shares 1,0.98,0.8,0.6,0.3 plus alpha 0.02 (91%%) and 1, fixed lengths")
+    p.add_argument("--sync", action="store_true", help="async_scheduling=False: read each step's tokens before the next")
     p.add_argument("--deadline-min", type=float, default=9.0, help="start no configuration expected to end later")
     return p.parse_args(argv)
 
@@ -75,15 +82,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     s = TINY if args.tiny else GPU
     return replace(s, requests=args.requests or s.requests, profile_steps=args.profile_steps or s.profile_steps,
-                   device=args.device or s.device)
+                   device=args.device or s.device, async_scheduling=False if args.sync else None)
 
 
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.s = settings_from(args)
-        alphas = args.alphas or ((0.02, 1.0) if args.tiny else (0.02, 0.1, 0.5, 1.0))
-        self.configs = configurations(args.modes, alphas, [self.s.lengths[n] for n in args.lengths],
+        alphas = args.alphas or ((0.02, 1.0) if args.tiny or args.sweep else (0.02, 0.1, 0.5, 1.0))
+        lengths = ("fixed",) if args.sweep else args.lengths
+        self.configs = configurations(args.modes, alphas, [self.s.lengths[n] for n in lengths],
                                       args.mix_alphas or (0.02,))
+        shares = args.hot_shares or (SWEEP_SHARES if args.sweep else ())
+        num_adapters = self.s.num_adapters or DEMO_ADAPTERS
+        self.configs += sweep_configurations(args.modes, shares, num_adapters, self.s.lengths["fixed"])
         self.deadline_s, self.out = 60 * args.deadline_min, args.out
         self.start = time.perf_counter()
         self.adapters = None  # created by the first engine, shared by the others
@@ -157,7 +168,7 @@ class Run:
         names = engine.adapters()
         requests = requests_for(config, len(names), self.s.requests)
         record = {"name": config.name, "mode": config.mode, "engine_mode": config.engine_mode,
-                  "alpha": config.alpha, "lengths": config.lengths.name, "started_s": started,
+                  "alpha": config.alpha, "hot_share": config.hot_share, "lengths": config.lengths.name, "started_s": started,
                   "workload": workload_summary(requests), "startup": startup, "passes": {}}
         self.log(progress_line(record, "startup"))
         for kind in ("cold", "warm"):

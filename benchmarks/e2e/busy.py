@@ -2,9 +2,11 @@
 torch.profiler, after the timed passes (the profiler's own host overhead stays out of them).
 
 The configuration's requests are added again; once a step decodes only, the profiler watches the next
-`steps` steps, each inside a record_function range that ends after a device synchronize. For each decode-only
-step, busy = the union of its device activity (kernels, copies, memsets) within the step's range. On the CPU
-there is no device: the same ratio is taken over the time inside aten ops (what the CPU profiler sees)."""
+`steps` steps back to back, as generate() runs them: no synchronisation between steps, which would undo async
+scheduling's overlap of one step's host work with the previous step's device work. The window is one
+record_function range from a synchronised start to a synchronised end; busy = the union of the device activity
+(kernels, copies, memsets) inside it, over its wall time. On the CPU there is no device: the same ratio is taken
+over the time inside aten ops (what the CPU profiler sees)."""
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -26,14 +28,15 @@ def decode_busy(engine: LLMEngine, requests: list[TraceRequest], names: list[str
             return _none("no decode-only step before the requests finished")
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         flags = []
+        synchronize(device)
         with profile(activities=activities) as prof:
-            for _ in range(steps):
-                if not engine.has_unfinished():
-                    break
-                with record_function(STEP):
+            with record_function(STEP):
+                for _ in range(steps):
+                    if not engine.has_unfinished():
+                        break
                     engine.step()
-                    synchronize(device)
-                flags.append(is_decode_only(engine))
+                    flags.append(is_decode_only(engine))
+                synchronize(device)
     finally:
         for request_id in ids:
             engine.abort(request_id)
@@ -52,29 +55,26 @@ def _reach_decode(engine: LLMEngine, limit: int) -> bool:
 
 def busy_fraction(events, flags: list[bool], cuda: bool) -> dict:
     """events: kineto events of the window; flags: whether each profiled step decoded only, in order."""
-    ranges = sorted(
-        (e.start_ns(), e.start_ns() + e.duration_ns()) for e in events
-        if e.name() == STEP and e.device_type() == DeviceType.CPU
-    )
-    if len(ranges) != len(flags):
-        return _none(f"the profile holds {len(ranges)} step ranges for {len(flags)} steps")
+    window = [(e.start_ns(), e.start_ns() + e.duration_ns()) for e in events
+              if e.name() == STEP and e.device_type() == DeviceType.CPU]
+    if len(window) != 1:
+        return _none(f"the profile holds {len(window)} window ranges, not one")
+    if sum(flags) < MIN_DECODE_STEPS or sum(flags) < len(flags) / 2:
+        return _none(f"{sum(flags)} decode-only steps among the {len(flags)} profiled")
     wanted = DeviceType.CUDA if cuda else DeviceType.CPU
     work = _union(sorted(
         (e.start_ns(), e.start_ns() + e.duration_ns()) for e in events
         if e.device_type() == wanted and not e.is_user_annotation() and e.name() != STEP and e.duration_ns() > 0
     ))
-    decode = [r for r, flag in zip(ranges, flags) if flag]
-    if len(decode) < MIN_DECODE_STEPS:
-        return _none(f"{len(decode)} decode-only steps among the {len(flags)} profiled (fewer than {MIN_DECODE_STEPS})")
-    wall = sum(end - start for start, end in decode)
-    busy = sum(_overlap(work, start, end) for start, end in decode)
+    start, end = window[0]
+    busy = _overlap(work, start, end)
     return {
-        "busy": busy / wall,
+        "busy": busy / (end - start),
         "source": "CUDA kernels, copies and memsets" if cuda else "CPU: time inside aten ops (no GPU)",
-        "decode_steps": len(decode),
+        "decode_steps": sum(flags),
         "profiled_steps": len(flags),
-        "step_ms": wall / len(decode) / 1e6,
-        "device_ms": busy / len(decode) / 1e6,
+        "step_ms": (end - start) / len(flags) / 1e6,
+        "device_ms": busy / len(flags) / 1e6,
     }
 
 

@@ -42,6 +42,7 @@ def engine_config(s: Settings, mode: str, model_dir: Path | None) -> EngineConfi
         **model, device=s.device, dtype=s.dtype, mode=mode, auto_hot=True, warmup=False,
         max_num_seqs=s.max_num_seqs, max_adapter_slots=s.max_adapter_slots, max_model_len=s.max_model_len,
         max_num_batched_tokens=s.max_num_batched_tokens, max_lora_rank=max(s.rank, 1),
+        async_scheduling=s.async_scheduling,
     )
 
 

@@ -7,6 +7,7 @@ ranges. All requests are added at once, as generate() adds them, so arrival time
 Configurations that a ratio compares run back to back (one engine at a time, the GPU is shared and drifts):
 fair and slora at the largest alpha, then base, then fair and slora at the smallest alpha, then the others.
 """
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class Settings:
     max_num_batched_tokens: int
     lengths: dict[str, Lengths]
     profile_steps: int  # steps the profiler watches for the GPU-busy fraction of decode steps
+    async_scheduling: bool | None = None  # None: the engine's default (on for CUDA)
 
 
 GPU_LENGTHS = {"fixed": Lengths("fixed", (128, 129), (128, 129)), "mix": Lengths("mix", (8, 512), (8, 512))}
@@ -51,6 +53,7 @@ class Configuration:
     mode: str  # "base" (requests without an adapter, on a slora engine), "slora" or "fair" (auto_hot)
     alpha: float | None  # None: base
     lengths: Lengths
+    hot_share: float | None = None  # the sweep's target share of the most popular adapter (alpha drawn from it)
 
     @property
     def engine_mode(self) -> str:
@@ -58,8 +61,24 @@ class Configuration:
 
     @property
     def name(self) -> str:
+        if self.hot_share is not None:
+            return f"{self.mode} hot={self.hot_share:g} ({self.lengths.name})"
         alpha = "" if self.alpha is None else f" alpha={self.alpha:g}"
         return f"{self.mode}{alpha} ({self.lengths.name})"
+
+
+def alpha_for_hot_share(share: float, num_adapters: int) -> float:
+    """The power-law alpha whose most popular adapter takes `share` of the requests: adapter 0 is drawn when
+    floor(N · U^(1/alpha)) = 0, with probability (1/N)^alpha. A share of 1 is alpha → 0 (every draw adapter 0)."""
+    return max(math.log(share) / math.log(1.0 / num_adapters), 1e-9)
+
+
+def sweep_configurations(
+    modes: tuple[str, ...], shares: tuple[float, ...], num_adapters: int, lengths: Lengths
+) -> list[Configuration]:
+    """The hot-share sweep: fair and slora at each share, most skewed first (base runs with the alpha list)."""
+    return [Configuration(m, alpha_for_hot_share(share, num_adapters), lengths, share)
+            for share in sorted(set(shares), reverse=True) for m in ("fair", "slora") if m in modes]
 
 
 def configurations(

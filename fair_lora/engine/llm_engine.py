@@ -16,12 +16,13 @@ from fair_lora.engine.decode_graphs import MAX_BATCH, DecodeGraphs
 from fair_lora.engine.hot_switch import HotSwitch
 from fair_lora.engine.memory_plan import plan_memory
 from fair_lora.engine.model_assets import eos_ids, load_tokenizer, resolve_assets
-from fair_lora.engine.model_runner import ModelRunner
+from fair_lora.engine.launched_step import LaunchedStep
+from fair_lora.engine.model_runner import ModelRunner, PendingTokens
 from fair_lora.engine.output_processor import OutputProcessor
 from fair_lora.engine.policy import make_policy
 from fair_lora.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from fair_lora.engine.sequence import Sequence
-from fair_lora.engine.step_isolation import RanPart, StepIsolation
+from fair_lora.engine.step_isolation import StepIsolation
 from fair_lora.engine.step_stats import StepStats, StepTotals
 from fair_lora.engine.warmup import profile_forward, warm_up
 from fair_lora.errors import (
@@ -31,7 +32,7 @@ from fair_lora.errors import (
     QueueFullError,
     RequestError,
 )
-from fair_lora.layers.sampler import sample
+from fair_lora.layers.sampler import sample_on_device
 from fair_lora.lora.adapter import LoRAAdapter, check_fits, check_name, load_adapter
 from fair_lora.lora.adapter_pool import AdapterPool
 from fair_lora.lora.hot_merge import HotMerger
@@ -71,6 +72,12 @@ class LLMEngine:
         self.last_step = StepStats()
         self.totals = StepTotals()  # since start-up (warm-up resets them)
         self.isolation = StepIsolation(self._forward_and_sample)
+        # Overlap the host's work with the device's (launched_step.py): on by default on CUDA, where steps run
+        # asynchronously; on the CPU every op is synchronous anyway, so it would only delay outputs by a step.
+        self.async_scheduling = config.async_scheduling
+        if self.async_scheduling is None:
+            self.async_scheduling = torch.device(config.device).type == "cuda"
+        self.in_flight: LaunchedStep | None = None
         for name, path in adapters.items():
             self.load_adapter(name, path)
         self.warmup_seconds = warm_up(self) if config.warmup else 0.0
@@ -215,41 +222,74 @@ class LLMEngine:
         return self.totals.preemptions
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self.in_flight is not None
 
     # ---- the step loop ---------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """schedule → run → postprocess; a failure while running fails only the requests that cause it
-        (step_isolation.py), and each part of the batch that ran is postprocessed before the next one runs."""
+        """schedule → launch → resolve. With async scheduling a step launches its forward and sampling, then
+        resolves the previous step's tokens while the device runs this one, so its outputs are one step late and
+        the host's work overlaps the device's (launched_step.py). A failure while launching fails only the
+        requests that cause it (step_isolation.py)."""
         if self.config.auto_hot:
             self.hot_switch.follow_policy()  # between steps, never inside one
         start = time.perf_counter()
         out = self.scheduler.schedule()
-        outputs = [output for part in self.isolation.run(out.scheduled) for output in self._postprocess(part)]
+        launched = self._launch(out.scheduled)
+        if self.async_scheduling:
+            done, self.in_flight = self.in_flight, launched
+        else:
+            done = launched
+        outputs = self._resolve(done) if done is not None else []
         self._record_step(out, time.perf_counter() - start)
         return outputs
 
-    def _forward_and_sample(self, scheduled: list[ScheduledSeq]) -> tuple[list[int], list[float]]:
-        slots = [self.pool.slot_of[s.seq.adapter] if s.seq.adapter else -1 for s in scheduled]
-        logits = self.runner.run(scheduled, slots, self.pool.slot_scales, self.hot_switch.slot())
-        sampling = [s.seq for s in scheduled if s.samples_next_token]
-        return sample(logits, [seq.params for seq in sampling], [seq.generator for seq in sampling])
+    def _launch(self, scheduled: list[ScheduledSeq]) -> LaunchedStep | None:
+        """Queue the step's forward and sampling; its sequences move on as if their tokens were known."""
+        if not scheduled:
+            return None
+        sampling, parts, failed = [], [], []
+        for part in self.isolation.run(scheduled):
+            if part.error is not None:
+                failed.append(self._fail(part.scheduled[0].seq, part.error))
+                continue
+            part_sampling = [s.seq for s in part.scheduled if s.samples_next_token]  # before num_computed moves
+            for s in part.scheduled:
+                s.seq.num_computed += s.num_new
+            for seq in part_sampling:
+                seq.num_pending += 1
+            sampling += part_sampling
+            parts.append((part.tokens, part.logprobs))
+        return LaunchedStep.launch(sampling, parts, failed)
 
-    def _postprocess(self, part: RanPart) -> list[RequestOutput]:
-        """The part's sampled tokens appended (or its one request failed); the outputs of its sampling sequences."""
-        if part.error is not None:
-            seq = part.scheduled[0].seq
-            self._finish(seq, "error")
-            output = self.processor.output(seq)
-            output.error = f"{type(part.error).__name__}: {part.error}"
-            return [output]
-        sampling = [s.seq for s in part.scheduled if s.samples_next_token]  # before num_computed moves, which it reads
-        for s in part.scheduled:
-            s.seq.num_computed += s.num_new
-        outputs = []
-        reasons = self.processor.append_all(sampling, part.tokens, part.logprobs)
-        for seq, reason in zip(sampling, reasons):
+    def _forward_and_sample(self, scheduled: list[ScheduledSeq]) -> tuple[torch.Tensor, torch.Tensor]:
+        slots = [self.pool.slot_of[s.seq.adapter] if s.seq.adapter else -1 for s in scheduled]
+        pending = None
+        if self.in_flight is not None and self.in_flight.tokens is not None:
+            pending = PendingTokens(self.in_flight.tokens, self.in_flight.rows)
+        logits = self.runner.run(scheduled, slots, self.pool.slot_scales, self.hot_switch.slot(), pending)
+        sampling = [s.seq for s in scheduled if s.samples_next_token]
+        return sample_on_device(logits, [seq.params for seq in sampling], [seq.generator for seq in sampling])
+
+    def _fail(self, seq: Sequence, error: Exception) -> RequestOutput:
+        self._finish(seq, "error")
+        output = self.processor.output(seq)
+        output.error = f"{type(error).__name__}: {error}"
+        return output
+
+    def _resolve(self, step: LaunchedStep) -> list[RequestOutput]:
+        """Read a launched step's tokens and apply them: stop checks, text, finished requests; its outputs. A
+        request that finished (or was aborted) after the step was launched drops the token it had coming."""
+        tokens, logprobs = step.read()
+        live, live_tokens, live_logprobs = [], [], []
+        for seq, token, logprob in zip(step.sampling, tokens, logprobs):
+            seq.num_pending -= 1
+            if not seq.finished:
+                live.append(seq)
+                live_tokens.append(token)
+                live_logprobs.append(logprob)
+        outputs = list(step.failed)
+        for seq, reason in zip(live, self.processor.append_all(live, live_tokens, live_logprobs)):
             if reason is not None:
                 self._finish(seq, reason)
             outputs.append(self.processor.output(seq))

@@ -31,7 +31,7 @@ class OutputProcessor:
             return "stop"
         if self.detokenizer is not None and p.stop and cut_at_stop(seq, p.stop):
             return "stop"
-        if seq.num_output >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+        if seq.num_output >= p.max_tokens or len(seq.token_ids) >= self.max_model_len:  # resolved tokens only
             return "length"
         return None
 

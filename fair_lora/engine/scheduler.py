@@ -70,8 +70,8 @@ class Scheduler:
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         for seq in list(self.running):
-            if budget == 0 or seq.status is not SequenceStatus.RUNNING:
-                continue
+            if budget == 0 or seq.status is not SequenceStatus.RUNNING or seq.out_of_budget:
+                continue  # out of budget: its last token is pending; it finishes when the host reads it
             num_new = min(seq.num_uncomputed, budget)
             while not self.blocks.can_allocate(seq, num_new):
                 victim = next(reversed(self.running))

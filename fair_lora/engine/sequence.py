@@ -36,17 +36,26 @@ class Sequence:
     read_offset: int = 0
     num_emitted: int = 0  # output tokens already reported, for incremental outputs
     num_preemptions: int = 0
+    # Tokens sampled by a launched step whose values the host has not read yet (async scheduling): they count
+    # as tokens (the next step computes them, from the device) but are not in token_ids until resolved.
+    num_pending: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) + self.num_pending
 
     @property
     def num_output(self) -> int:
+        """Output tokens the host has (pending ones not counted)."""
         return len(self.token_ids) - len(self.prompt_token_ids)
+
+    @property
+    def out_of_budget(self) -> bool:
+        """Its last token is sampled or pending: scheduling it again would compute a token nobody gets."""
+        return self.num_output + self.num_pending >= self.params.max_tokens
 
     @property
     def output_ids(self) -> list[int]:

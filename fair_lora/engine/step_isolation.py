@@ -14,10 +14,11 @@ FATAL_FAILURES = 8  # this many requests in a row failing alone means the engine
 
 @dataclass(frozen=True)
 class RanPart:
-    """A part of a step's batch that ran: the tokens its sampling sequences drew, or the error of its one request."""
+    """A part of a step's batch that ran: the tokens its sampling sequences drew (on the device, maybe not yet
+    computed), or the error of its one request."""
     scheduled: list[ScheduledSeq]
-    tokens: list[int]
-    logprobs: list[float]
+    tokens: torch.Tensor | None  # [n_sampling] int64
+    logprobs: torch.Tensor | None  # [n_sampling] float32
     error: Exception | None = None
 
 
@@ -28,7 +29,9 @@ def _poisons_device(error: Exception) -> bool:
 
 
 class StepIsolation:
-    def __init__(self, forward_and_sample: Callable[[list[ScheduledSeq]], tuple[list[int], list[float]]]) -> None:
+    def __init__(
+        self, forward_and_sample: Callable[[list[ScheduledSeq]], tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
         self.forward_and_sample = forward_and_sample
         self.consecutive_failures = 0
 
@@ -47,7 +50,7 @@ class StepIsolation:
             yield RanPart(scheduled, tokens, logprobs)
             return
         if len(scheduled) == 1:
-            yield RanPart(scheduled, [], [], failure)
+            yield RanPart(scheduled, None, None, failure)
             return
         half = len(scheduled) // 2
         yield from self.run(scheduled[:half])

@@ -8,11 +8,10 @@ the correction's group launches, 14 correction launches per layer into 8.
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fair_lora.kernels.lora_batch import LoRABatch
-from fair_lora.kernels.lora_correction import lora_correction
+from fair_lora.kernels.lora_correction import linear_with_correction
 from fair_lora.kernels.lora_slots import LoRASlots
 from fair_lora.layers.lora_linear import LoRALinear
 
@@ -44,9 +43,7 @@ class FusedProjection(nn.Module):
     def forward(self, x: torch.Tensor, lora: LoRABatch) -> tuple[torch.Tensor, ...]:
         """Each member's output, as column views of one [T, ΣH_out] result."""
         assert self.weight is not None, "fuse() after the weights are loaded"
-        y = F.linear(x, self.weight, self.bias)
-        if self.slots is not None:
-            lora_correction(y, x, self.slots, lora)
+        y = linear_with_correction(x, self.weight, self.bias, self.slots, lora)
         return y.split(self.sizes, dim=-1)
 
 

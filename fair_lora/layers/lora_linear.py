@@ -1,9 +1,8 @@
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fair_lora.kernels.lora_batch import LoRABatch
-from fair_lora.kernels.lora_correction import lora_correction
+from fair_lora.kernels.lora_correction import linear_with_correction
 from fair_lora.kernels.lora_slots import LoRASlots
 
 
@@ -19,7 +18,4 @@ class LoRALinear(nn.Module):
         self.slots: LoRASlots | None = None
 
     def forward(self, x: torch.Tensor, lora: LoRABatch) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        if self.slots is not None:
-            lora_correction(y, x, self.slots, lora)
-        return y
+        return linear_with_correction(x, self.weight, self.bias, self.slots, lora)

@@ -12,8 +12,17 @@ from fair_lora.sampling_params import SamplingParams
 def sample(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> tuple[list[int], list[float]]:
-    """logits: [B, V] float32. Returns the chosen token of each row and its log-probability under the
-    model's own distribution (before temperature, top-k or top-p), as vLLM reports it."""
+    """`sample_on_device`, read back on the host (a device synchronisation)."""
+    tokens, chosen = sample_on_device(logits, params, generators)
+    return tokens.tolist(), chosen.tolist()
+
+
+def sample_on_device(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: [B, V] float32. Returns the chosen token of each row [B] int64 and its log-probability [B] float32
+    under the model's own distribution (before temperature, top-k or top-p), as vLLM reports it. Nothing is
+    read back: the engine's next step can take the tokens as its inputs while the host catches up."""
     logprobs = torch.log_softmax(logits, dim=-1)
     tokens = logits.argmax(dim=-1)
     rows = [i for i, p in enumerate(params) if not p.greedy]
@@ -25,8 +34,7 @@ def sample(
         cdf = probs.cumsum(-1)
         pick = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None]).clamp_max(cdf.shape[1] - 1)
         tokens[rows] = order.gather(1, pick)[:, 0]
-    chosen = logprobs.gather(1, tokens[:, None])[:, 0]
-    return tokens.tolist(), chosen.tolist()
+    return tokens, logprobs.gather(1, tokens[:, None])[:, 0]
 
 
 def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
