@@ -30,14 +30,14 @@ from pathlib import Path
 import psutil
 
 from benchmarks.common.http_load import summarize
+from benchmarks.common.report import REPO, device_slug, git_commit, package_version
+from benchmarks.common.synthetic_assets import adapter_names
+from benchmarks.common.trace import SEED
+from benchmarks.harness.run_exp import PACKAGES, Server, adapter_sources, probe, replay
 from benchmarks.multi_gpu.report import write_report
 from benchmarks.multi_gpu.workload import (
     SCENARIOS, hot_indices, merged_after, merged_timeline, routing_hits, scenario_trace, switches_per_worker,
 )
-from benchmarks.common.report import REPO, device_slug, git_commit, package_version
-from benchmarks.common.synthetic_assets import adapter_names
-from benchmarks.harness.run_exp import PACKAGES, Server, adapter_sources, probe, replay
-from benchmarks.common.trace import SEED
 
 READY_TIMEOUT_S = 1800.0  # K workers load a 7B model and warm up
 STOP_TIMEOUT_S = 120.0
