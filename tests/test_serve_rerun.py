@@ -12,7 +12,7 @@ import httpx
 import pytest
 import ray
 
-from tests.serve_fixtures import deploy, replica_actor, serve_config_args, stream_completion, undeploy, wait_for
+from tests.serve_fixtures import demo_config_args, deploy, replica_actor, stream_completion, undeploy, wait_for
 
 pytestmark = pytest.mark.ray
 pytest_plugins = ["tests.serve_fixtures"]
@@ -21,13 +21,13 @@ ARGS = {
     "max_num_seqs": 4, "max_waiting": 32,
     "routing": {"stats_period_s": 0.2, "flush_s": 0.05, "assignment_poll_s": 0.1},
 }
-WORKERS = {**serve_config_args()["workers"], "max_queued_requests": 64}
+WORKERS = {**demo_config_args()["workers"], "max_queued_requests": 64}
 WHOLE, STREAMED = 12, 6
 
 
 @pytest.fixture(scope="module")
 def app(ray_cluster):
-    served = deploy(ray_cluster, "rerun_app", {**serve_config_args(), **ARGS, "workers": WORKERS})
+    served = deploy(ray_cluster, "rerun_app", {**demo_config_args(), **ARGS, "workers": WORKERS})
     yield served
     undeploy(served)
 
@@ -87,8 +87,23 @@ def test_killing_a_worker_replica_reruns_every_request_that_had_no_token(app):
 
 def test_killing_a_workers_engine_process_reruns_and_new_requests_avoid_it(app):
     worker = workers_by_rank(app)[1]
-    whole, streams = traffic_through(app, lambda: os.kill(worker["engine_pid"], signal.SIGKILL))
+    actor = replica_actor(app.name, "LoRAWorker", worker["replica"])
+    noticed = []
+
+    def kill_engine() -> None:  # and time how long until the worker's health check fails
+        os.kill(worker["engine_pid"], signal.SIGKILL)
+        killed_at = time.monotonic()
+        while time.monotonic() - killed_at < 10:
+            try:
+                ray.get(actor.check_health.remote(), timeout=5)
+            except Exception:  # noqa: BLE001 - the failed check is what we wait for
+                noticed.append(time.monotonic() - killed_at)
+                return
+            time.sleep(0.05)
+
+    whole, streams = traffic_through(app, kill_engine)
     assert_nothing_lost(whole, streams)
+    assert noticed and noticed[0] < 1.0, f"the health check failed {noticed} s after the engine died"
 
     async def right_after() -> list:  # in the moments after the death, before Serve has replaced the worker
         async with httpx.AsyncClient(base_url=app.url, timeout=60) as client:
