@@ -27,8 +27,7 @@ def account(outcomes: list[Outcome]) -> dict:
 
 
 def _why(o: Outcome) -> str:
-    message = (o.error or "")[:160]
-    return f"after {o.tokens} tokens: {message}" if o.tokens else message
+    return (o.error or "")[:160]  # a failure after tokens says how many in its own message
 
 
 def targets(outcomes: list[Outcome], memory: list[dict], duration_s: float) -> dict:
