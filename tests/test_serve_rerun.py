@@ -1,7 +1,8 @@
 """Nothing lost that could be saved: when a worker replica dies, or only its engine process, every request that
 had not streamed a token is re-run on the other worker (the client sees a normal answer), and a stream that had
 tokens ends with an error event and [DONE]. Also: a worker's queue drops as soon as client-cut streams leave it
-idle, and the ingress logs no unretrieved task exception for them."""
+idle, and the ingress logs no unretrieved task exception for them. And the small HTTP defects of issue 22 through
+Serve: lone surrogates are a 400, X-Client-Id is capped, GET /v1/models/{id} answers."""
 import asyncio
 import glob
 import os
@@ -155,3 +156,17 @@ def test_x_client_id_is_capped_like_user_and_models_answer_one_by_one(app):
         assert c.get("/v1/models/fair-lora-demo").json()["parent"] is None
         missing = c.get("/v1/models/no-such")
         assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFoundError"
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", '{"model": "adapter-1", "prompt": "\\ud800", "max_tokens": 4}'),
+    ("/v1/completions", '{"model": "adapter-1", "prompt": "\\udc00", "max_tokens": 4, "stream": true}'),
+    ("/v1/chat/completions", '{"model": "adapter-1", "messages": [{"role": "user", "content": "a\\ud800"}]}'),
+    ("/generate", '{"prompt": "\\ud800", "stream": true}'),
+    ("/v1/completions", '{"model": "adapter-1", "prompt": "x", "stop": ["\\udc00"]}'),
+])
+def test_a_lone_surrogate_through_serve_is_a_400_never_a_503(app, path, body):
+    with app.client() as c:
+        response = c.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "not valid Unicode" in response.json()["error"]["message"]
