@@ -7,7 +7,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
 from deployments.worker_rerun import WorkerLostError
-from fair_lora.engine.core_client import EngineDeadError
+from fair_lora.serving.core_client import EngineDeadError
 from fair_lora.errors import (
     AdapterError,
     AdapterInUseError,

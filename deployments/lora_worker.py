@@ -19,9 +19,9 @@ from deployments.worker_metrics import WorkerMetrics, adapter_tag
 from deployments.worker_protocol import Admitted, Completion, Delta, Failed, GenerateRequest, Rejected
 from deployments.worker_stats import WorkerStats
 from fair_lora import FairLoRAError
-from fair_lora.engine.async_engine import AsyncLLMEngine, RequestDelta, RequestStream
-from fair_lora.engine.core_client import EngineDeadError
-from fair_lora.engine.core_messages import StepReport
+from fair_lora.serving.async_engine import AsyncLLMEngine, RequestDelta, RequestStream
+from fair_lora.serving.core_client import EngineDeadError
+from fair_lora.serving.core_messages import StepReport
 from fair_lora.errors import AdapterInUseError
 
 logger = logging.getLogger("ray.serve")

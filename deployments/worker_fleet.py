@@ -7,7 +7,7 @@ from deployments.live_metrics import LiveMetrics
 from deployments.popularity_link import PopularityLink
 
 from fair_lora import FairLoRAError
-from fair_lora.engine.core_client import EngineDeadError
+from fair_lora.serving.core_client import EngineDeadError
 from fair_lora.errors import UnknownAdapterError
 
 

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from fair_lora import EngineConfig, LLMEngine, SamplingParams, UnknownAdapterError
-from fair_lora.engine.async_engine import AsyncLLMEngine
-from fair_lora.engine.core_client import EngineDeadError
+from fair_lora.serving.async_engine import AsyncLLMEngine
+from fair_lora.serving.core_client import EngineDeadError
 from fair_lora.engine.detokenizer import OutputText
 
 ADAPTERS = [None, "adapter-0", "adapter-1", "adapter-2"]
@@ -128,8 +128,8 @@ def test_streams_share_the_message_budget_and_still_add_up_to_the_whole_output(s
 
 
 def test_the_budget_interval_follows_the_number_of_streams_and_holds_nothing_past_it(monkeypatch):
-    from fair_lora.engine import async_engine
-    from fair_lora.engine.async_engine import RequestDelta, RequestStream
+    from fair_lora.serving import async_engine
+    from fair_lora.serving.async_engine import RequestDelta, RequestStream
 
     clock = [100.0]
     monkeypatch.setattr(async_engine.time, "monotonic", lambda: clock[0])

@@ -1,12 +1,12 @@
 """The engine-core process: one LLMEngine, stepped in a loop that does nothing else.
 
-A serving front-end (engine/async_engine.py, in the process that speaks HTTP or Ray) starts it and talks to
+A serving front-end (serving/async_engine.py, in the process that speaks HTTP or Ray) starts it and talks to
 it over a socket pair: it tokenizes, detokenizes and streams; this process only runs commands between steps
 and steps, and sends each step's new tokens of every request in one message. Python work done for requests
 in the front-end then never holds this process's interpreter lock, so it never delays a step (vLLM V1's
 EngineCore process, SGLang's scheduler process). It exits when its parent goes away.
 
-Run as `python -m fair_lora.engine.core_process FD` with FD the child end of the socket pair.
+Run as `python -m fair_lora.serving.core_process FD` with FD the child end of the socket pair.
 """
 import ctypes
 import logging
@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 import torch
 
 from fair_lora.config import EngineConfig
-from fair_lora.engine.core_messages import Abort, Batch, Call, Fatal, Ready, Reply, Shutdown, StepReport, TokenDelta
+from fair_lora.serving.core_messages import Abort, Batch, Call, Fatal, Ready, Reply, Shutdown, StepReport, TokenDelta
 from fair_lora.engine.llm_engine import LLMEngine
 from fair_lora.engine.step_stats import StepStats
 from fair_lora.errors import FairLoRAError
