@@ -35,6 +35,12 @@ def serve_config_args() -> dict:
     return yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]
 
 
+def demo_config_args() -> dict:
+    """serve_config.yaml's settings on the tiny demo model, which the offline engine here reproduces
+    (tests/test_serve_readme.py serves the real model)."""
+    return {**serve_config_args(), "model": None, "adapter_roots": []}
+
+
 @dataclass
 class Cluster:
     http_port: int
@@ -133,8 +139,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
 
 @pytest.fixture(scope="session")
 def config_app(ray_cluster):
-    """The app of serve_config.yaml (its args as written; only the demo cache directory is the session's)."""
-    app = deploy(ray_cluster, "config_app", serve_config_args())
+    """The app of serve_config.yaml's settings on the demo model (the demo cache directory is the session's)."""
+    app = deploy(ray_cluster, "config_app", demo_config_args())
     yield app
     undeploy(app)
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.serve_fixtures import deploy, offline, send_all, serve_config_args, undeploy, wait_for
+from tests.serve_fixtures import deploy, offline, send_all, demo_config_args, undeploy, wait_for
 
 pytestmark = pytest.mark.ray
 pytest_plugins = ["tests.serve_fixtures"]
@@ -23,7 +23,7 @@ ROUTING = {"stats_period_s": 0.2, "flush_s": 0.05, "assignment_poll_s": 0.1}
 
 @pytest.fixture(scope="module")
 def app(ray_cluster):
-    served = deploy(ray_cluster, "popularity_app", {**serve_config_args(), "popularity": POPULARITY, "routing": ROUTING})
+    served = deploy(ray_cluster, "popularity_app", {**demo_config_args(), "popularity": POPULARITY, "routing": ROUTING})
     yield served
     undeploy(served)
 

@@ -4,6 +4,8 @@ benchmarks/harness/launch_server.py starts its server (run it from benchmarks/, 
     python launch_server.py --num-adapter 100 --num-token 10000 --model-setting S1 --dummy               # S-LoRA
     python launch_server.py --fair_strategy --num-adapter 100 --num-token 10000 --model-setting S1 --dummy
     python launch_server.py --fair_strategy --num-adapter 8 --num-token 4000 --model-setting Demo         # CPU
+    python launch_server.py --fair_strategy --num-adapter 12 --num-token 16384 --max-model-len 2048 --model-setting Real
+                                                  # CPU or GPU: SmolLM2-135M-Instruct and its shipped adapters
 
 It starts a local Ray cluster of its own, runs the app of serve_config.yaml (`deployments:build_app`) with args
 built from the flags on http://127.0.0.1:PORT, prints one line once the service answers, and serves until Ctrl-C
@@ -21,7 +23,8 @@ import httpx
 import psutil
 
 from benchmarks.common.synthetic_assets import SETTINGS, Assets, default_cache_dir, plan_assets
-from deployments.serve_env import direct_ingress_urls, use_throughput_mode
+from deployments.serve_env import DIRECT_PORTS, use_throughput_mode
+from fair_lora.real_model import SMOLLM2
 
 APP_NAME = "fair_lora"
 READY_TIMEOUT_S = 1800.0  # a GPU worker loads the model and every adapter before it answers
@@ -44,8 +47,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="default: float16 on cuda (as S-LoRA), float32 on cpu")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--num-replicas", type=int, default=1, help="LoRA workers (one GPU each on cuda)")
-    p.add_argument("--model", default=None, help="a Hugging Face model directory (Real; optional for S1/S2/S4)")
-    p.add_argument("--adapter-dir", nargs="+", default=None, help="PEFT adapter directories (Real), cycled")
+    p.add_argument("--gpus-per-worker", type=float, default=1.0,
+                   help="on cuda: 0.5 puts two workers on a GPU (then --num-token sizes each one's KV cache)")
+    p.add_argument("--model", default=None, help="a Hugging Face model directory (Real: default "
+                   f"{SMOLLM2}, converted once into the cache; optional for S1/S2/S4)")
+    p.add_argument("--adapter-dir", nargs="+", default=None,
+                   help=f"PEFT adapter directories (Real), cycled (default with {SMOLLM2}: its shipped adapters)")
+    p.add_argument("--served-model-name", default=None,
+                   help="the base model's name in the API (default: the model directory's name)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="longest prompt + output per request (default: the model's context; on the CPU the KV "
+                   "cache is sized from it, so set it for a real model)")
     p.add_argument("--scheduler", choices=("fcfs", "vtc"), default="fcfs")
     p.add_argument("--router", choices=("hot_adapter", "default"), default="hot_adapter",
                    help="default: Ray Serve's own router, blind to adapters (a baseline)")
@@ -89,7 +101,7 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
         "max_waiting": opts.max_waiting,
         "scheduling_policy": opts.scheduler,
         "fair_weights": fair_weights(opts.fair_weights or [], list(assets.adapters)),
-        "workers": {"num_replicas": opts.num_replicas, "num_cpus": 0.1, "num_gpus": 1 if cuda else 0},
+        "workers": {"num_replicas": opts.num_replicas, "num_cpus": 0.1, "num_gpus": opts.gpus_per_worker if cuda else 0},
         "routing": {"router": opts.router},
         # The ingress holds every request the workers may queue (plus the default 1024): past its limit the proxy
         # answers 503, where S-LoRA's server would queue.
@@ -99,7 +111,8 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
     optional = {
         "num_kv_tokens": opts.num_token, "max_num_seqs": opts.max_num_seqs,
         "max_num_batched_tokens": opts.max_num_batched_tokens, "max_adapter_slots": opts.max_adapter_slots,
-        "cpu_threads": opts.cpu_threads, "demo_dir": assets.demo_dir,
+        "cpu_threads": opts.cpu_threads, "demo_dir": assets.demo_dir, "max_model_len": opts.max_model_len,
+        "served_model_name": opts.served_model_name,
         "popularity": None if opts.popularity_window_s is None else {"window_s": opts.popularity_window_s},
     }
     return {**args, **{k: v for k, v in optional.items() if v is not None}}
@@ -132,6 +145,35 @@ def wait_ready(url: str, timeout_s: float) -> dict:
     raise TimeoutError(f"{url}/v1/models did not answer within {timeout_s:.0f} s")
 
 
+def own_direct_ingress_urls(app: str, host: str = "127.0.0.1") -> list[str]:
+    """The URLs on which the ingress replicas of `app` in the cluster we started serve HTTP themselves (direct
+    ingress): their processes are the ones Ray's actor table names, not any process of the host with a like name."""
+    from ray._private.state import actors  # no public API gives a replica's pid
+
+    prefix = f"SERVE_REPLICA::{app}#Ingress#"
+    pids = {a["Pid"] for a in actors(actor_state_name="ALIVE").values() if a["Name"].startswith(prefix)}
+    lo, hi = (int(os.environ.get(f"RAY_SERVE_DIRECT_INGRESS_{k}_HTTP_PORT", d)) for k, d in zip(("MIN", "MAX"),
+                                                                                               DIRECT_PORTS))
+    ports = set()
+    for pid in pids:
+        try:
+            listening = psutil.Process(pid).net_connections("tcp")
+        except psutil.Error:  # a replica that ended since the table was read
+            continue
+        ports |= {c.laddr.port for c in listening if c.status == psutil.CONN_LISTEN and lo <= c.laddr.port <= hi}
+    return [f"http://{host}:{port}" for port in sorted(ports)]
+
+
+def default_real_assets(opts: argparse.Namespace) -> None:
+    """--model-setting Real with no --model: SmolLM2 (converted on first use) and its shipped adapters."""
+    if opts.model_setting == "Real" and opts.model is None:
+        from fair_lora.real_model import smollm2_adapters, smollm2_model_dir
+
+        smollm2_model_dir()  # converted here, once, rather than by every worker at its start
+        opts.model = SMOLLM2
+        opts.adapter_dir = opts.adapter_dir or [str(p) for p in smollm2_adapters().values()]
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -158,7 +200,7 @@ def serve_forever(opts: argparse.Namespace, app_args: dict, num_adapters: int) -
         models = wait_ready(url, READY_TIMEOUT_S)
         extra = len(models["data"]) - 1 - num_adapters  # the demo's own adapters, served beside the copies
         session = ray._private.worker._global_node.get_session_dir_path()  # no public API names it
-        direct = direct_ingress_urls(APP_NAME)
+        direct = own_direct_ingress_urls(APP_NAME)
         print(f"fair_lora server ready on {url}: mode {app_args['mode']}, setting {opts.model_setting}, "
               f"{num_adapters} adapters" + (f" (+{extra} of the model)" if extra else "") +
               f", scheduler {opts.scheduler}, router {opts.router}, {opts.num_replicas} worker(s) on {opts.device}; "
@@ -234,6 +276,7 @@ def shutdown() -> None:
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the API and Ray listen on 127.0.0.1 only
     opts = parse_args(argv)
+    default_real_assets(opts)
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else None
     assets = plan_assets(opts.model_setting, opts.num_adapter, cache_dir, opts.model, opts.adapter_dir, opts.demo_dir)
     app_args = build_app_args(opts, assets)

@@ -2,9 +2,11 @@
 
 On CUDA the cache takes what is left of `gpu_memory_utilization` of the device once the weights, the adapter
 slots, the hot merge's pristine copy and the peak of a full-size forward are accounted for (vLLM's way: the
-forward is profiled, not estimated), but no more than max_num_seqs sequences of max_model_len can fill. A plan that leaves no room for one sequence of max_model_len is refused
-with the knob to turn. On the CPU, or when num_kv_blocks / num_kv_tokens is set, the size is what was asked
-(by default max_num_seqs sequences of max_model_len)."""
+forward is profiled, not estimated), but no more than max_num_seqs sequences of max_model_len can fill. A plan that
+leaves no room for one sequence of max_model_len is refused with the knob to turn. When num_kv_blocks / num_kv_tokens
+is set, the size is what was asked. On the CPU it is max_num_seqs sequences of max_model_len, but no more than a share
+of the host's available memory: a real model's 8192-token context times 64 sequences would otherwise zero-fill
+more than the machine has."""
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +20,9 @@ from fair_lora.models.llama import ModelArgs
 logger = logging.getLogger("fair_lora")
 GIB = 1 << 30
 GRAPH_RESERVE_BYTES = 1 << 30  # decode graphs' private memory pool, captured after the cache is allocated
+# Of the host memory available when a CPU engine starts: workers starting together each see the same amount, and the
+# weights, adapters and activations need the rest.
+CPU_KV_SHARE = 0.25
 
 
 class MemoryPlanError(FairLoRAError):
@@ -33,6 +38,7 @@ class MemoryPlan:
     device_bytes: int = 0  # 0: sized by the settings, not from the device's memory
     resident_bytes: int = 0  # weights, adapter slots, pristine copy (and anything else already allocated)
     activation_bytes: int = 0  # peak of the profiled forward beyond the resident bytes
+    host_available_bytes: int = 0  # CPU: the host's available memory, when it capped the cache (0: it did not)
 
     @property
     def kv_tokens(self) -> int:
@@ -45,6 +51,9 @@ class MemoryPlan:
     def describe(self) -> str:
         kv = f"KV cache {self.num_blocks * self.block_bytes / GIB:.2f} GiB = {self.kv_tokens} tokens"
         seqs = f"{self.max_full_length_seqs} sequences of max_model_len {self.max_model_len} at once"
+        if self.host_available_bytes:
+            share = f"{CPU_KV_SHARE:.0%} of the host's {self.host_available_bytes / GIB:.1f} GiB available"
+            return f"memory plan: {kv} (capped at {share}; lower max_model_len or max_num_seqs to fit), {seqs}"
         if not self.device_bytes:
             return f"memory plan: {kv} (as configured), {seqs}"
         return (
@@ -69,7 +78,7 @@ def plan_memory(
     if config.num_kv_blocks is not None or config.num_kv_tokens is not None:
         num_blocks = config.num_kv_blocks or -(-config.num_kv_tokens // config.block_size)
     elif torch.device(config.device).type != "cuda":
-        num_blocks = config.max_num_seqs * blocks_per_seq
+        return _host_sized(config, plan, blocks_per_seq)
     else:
         return _measured(config, plan, blocks_per_seq, profile_forward)
     if num_blocks < blocks_per_seq:
@@ -78,6 +87,23 @@ def plan_memory(
             f"{max_model_len}: raise num_kv_blocks / num_kv_tokens or lower max_model_len"
         )
     return MemoryPlan(num_blocks, config.block_size, block_bytes, max_model_len)
+
+
+def _host_sized(config: EngineConfig, plan: MemoryPlan, blocks_per_seq: int) -> MemoryPlan:
+    import psutil  # here: the GPU machines' environments may lack it, and they never plan this way
+
+    wanted = config.max_num_seqs * blocks_per_seq
+    available = psutil.virtual_memory().available
+    fits = int(available * CPU_KV_SHARE) // plan.block_bytes
+    if wanted <= fits:
+        return MemoryPlan(wanted, plan.block_size, plan.block_bytes, plan.max_model_len)
+    capped = MemoryPlan(fits, plan.block_size, plan.block_bytes, plan.max_model_len, host_available_bytes=available)
+    if fits < blocks_per_seq:
+        raise MemoryPlanError(
+            f"{capped.describe()}: no room for one sequence of max_model_len {plan.max_model_len}; lower "
+            "max_model_len, or free host memory"
+        )
+    return capped
 
 
 def _measured(config: EngineConfig, plan: MemoryPlan, blocks_per_seq: int, profile_forward) -> MemoryPlan:
