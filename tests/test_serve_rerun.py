@@ -1,7 +1,8 @@
 """Nothing lost that could be saved: when a worker replica dies, or only its engine process, every request that
 had not streamed a token is re-run on the other worker (the client sees a normal answer), and a stream that had
 tokens ends with an error event and [DONE]. Also: a worker's queue drops as soon as client-cut streams leave it
-idle, and the ingress logs no unretrieved task exception for them."""
+idle, and the ingress logs no unretrieved task exception for them. And the small HTTP defects of issue 22 through
+Serve: lone surrogates are a 400, X-Client-Id is capped, GET /v1/models/{id} answers."""
 import asyncio
 import glob
 import os
@@ -12,7 +13,7 @@ import httpx
 import pytest
 import ray
 
-from tests.serve_fixtures import deploy, replica_actor, serve_config_args, stream_completion, undeploy, wait_for
+from tests.serve_fixtures import demo_config_args, deploy, replica_actor, stream_completion, undeploy, wait_for
 
 pytestmark = pytest.mark.ray
 pytest_plugins = ["tests.serve_fixtures"]
@@ -21,13 +22,13 @@ ARGS = {
     "max_num_seqs": 4, "max_waiting": 32,
     "routing": {"stats_period_s": 0.2, "flush_s": 0.05, "assignment_poll_s": 0.1},
 }
-WORKERS = {**serve_config_args()["workers"], "max_queued_requests": 64}
+WORKERS = {**demo_config_args()["workers"], "max_queued_requests": 64}
 WHOLE, STREAMED = 12, 6
 
 
 @pytest.fixture(scope="module")
 def app(ray_cluster):
-    served = deploy(ray_cluster, "rerun_app", {**serve_config_args(), **ARGS, "workers": WORKERS})
+    served = deploy(ray_cluster, "rerun_app", {**demo_config_args(), **ARGS, "workers": WORKERS})
     yield served
     undeploy(served)
 
@@ -87,8 +88,23 @@ def test_killing_a_worker_replica_reruns_every_request_that_had_no_token(app):
 
 def test_killing_a_workers_engine_process_reruns_and_new_requests_avoid_it(app):
     worker = workers_by_rank(app)[1]
-    whole, streams = traffic_through(app, lambda: os.kill(worker["engine_pid"], signal.SIGKILL))
+    actor = replica_actor(app.name, "LoRAWorker", worker["replica"])
+    noticed = []
+
+    def kill_engine() -> None:  # and time how long until the worker's health check fails
+        os.kill(worker["engine_pid"], signal.SIGKILL)
+        killed_at = time.monotonic()
+        while time.monotonic() - killed_at < 10:
+            try:
+                ray.get(actor.check_health.remote(), timeout=5)
+            except Exception:  # noqa: BLE001 - the failed check is what we wait for
+                noticed.append(time.monotonic() - killed_at)
+                return
+            time.sleep(0.05)
+
+    whole, streams = traffic_through(app, kill_engine)
     assert_nothing_lost(whole, streams)
+    assert noticed and noticed[0] < 1.0, f"the health check failed {noticed} s after the engine died"
 
     async def right_after() -> list:  # in the moments after the death, before Serve has replaced the worker
         async with httpx.AsyncClient(base_url=app.url, timeout=60) as client:
@@ -140,3 +156,17 @@ def test_x_client_id_is_capped_like_user_and_models_answer_one_by_one(app):
         assert c.get("/v1/models/fair-lora-demo").json()["parent"] is None
         missing = c.get("/v1/models/no-such")
         assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFoundError"
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", '{"model": "adapter-1", "prompt": "\\ud800", "max_tokens": 4}'),
+    ("/v1/completions", '{"model": "adapter-1", "prompt": "\\udc00", "max_tokens": 4, "stream": true}'),
+    ("/v1/chat/completions", '{"model": "adapter-1", "messages": [{"role": "user", "content": "a\\ud800"}]}'),
+    ("/generate", '{"prompt": "\\ud800", "stream": true}'),
+    ("/v1/completions", '{"model": "adapter-1", "prompt": "x", "stop": ["\\udc00"]}'),
+])
+def test_a_lone_surrogate_through_serve_is_a_400_never_a_503(app, path, body):
+    with app.client() as c:
+        response = c.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "not valid Unicode" in response.json()["error"]["message"]

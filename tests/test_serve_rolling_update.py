@@ -9,7 +9,7 @@ import pytest
 from ray import serve
 
 from deployments import build_app
-from tests.serve_fixtures import deploy, serve_config_args, stream_completion, undeploy, wait_for
+from tests.serve_fixtures import demo_config_args, deploy, stream_completion, undeploy, wait_for
 
 pytestmark = pytest.mark.ray
 pytest_plugins = ["tests.serve_fixtures"]
@@ -20,7 +20,7 @@ CONCURRENCY = 4
 
 @pytest.fixture(scope="module")
 def app(ray_cluster):
-    served = deploy(ray_cluster, "roll_app", {**serve_config_args(), **ARGS})
+    served = deploy(ray_cluster, "roll_app", {**demo_config_args(), **ARGS})
     yield served
     undeploy(served)
 

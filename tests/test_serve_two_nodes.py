@@ -10,13 +10,13 @@ import httpx
 import pytest
 
 from tests.ray_nodes import RayNode, driver, start_node, wait_gone
-from tests.serve_fixtures import free_port, serve_config_args, stream_completion, wait_for
+from tests.serve_fixtures import demo_config_args, free_port, stream_completion, wait_for
 
 pytestmark = pytest.mark.ray
 
 HOT, SHIFTED = "adapter-2", "adapter-4"
 ARGS = {
-    **serve_config_args(),
+    **demo_config_args(),
     "max_num_seqs": 8,
     "workers": {"num_replicas": 2, "num_cpus": 0.1, "resources": {"fair_lora_worker": 1}},
     "ingress": {"num_replicas": 1, "num_cpus": 0.1, "resources": {"fair_lora_head": 1}},

@@ -29,8 +29,8 @@ from benchmarks.soak.report import account, targets, write
 from benchmarks.soak.traffic import adapter_churn, generate, load_request, others, plan
 
 APP = "soak"
-ARGS = {  # the demo of serve_config.yaml, with the routing polls of the tests
-    "max_num_seqs": 16, "max_waiting": 256, "cpu_threads": 1,
+ARGS = {  # the tiny demo model, with the routing polls of the tests
+    "model": None, "max_num_seqs": 16, "max_waiting": 256, "cpu_threads": 1,
     "workers": {"num_replicas": 2, "num_cpus": 0.1}, "ingress": {"num_replicas": 1, "num_cpus": 0.1},
     "routing": {"stats_period_s": 0.2, "flush_s": 0.05, "assignment_poll_s": 0.1},
 }

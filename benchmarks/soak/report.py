@@ -8,6 +8,8 @@ import numpy as np
 
 from benchmarks.soak.traffic import Outcome
 
+WARM_S = 30.0  # a new worker's memory grows while it warms up: not a leak
+
 
 def account(outcomes: list[Outcome]) -> dict:
     by = {"answered": 0, "refused_4xx": Counter(), "failed_5xx": Counter(), "lost": 0}
@@ -25,8 +27,7 @@ def account(outcomes: list[Outcome]) -> dict:
 
 
 def _why(o: Outcome) -> str:
-    message = (o.error or "")[:160]
-    return f"after {o.tokens} tokens: {message}" if o.tokens else message
+    return (o.error or "")[:160]  # a failure after tokens says how many in its own message
 
 
 def targets(outcomes: list[Outcome], memory: list[dict], duration_s: float) -> dict:
@@ -58,14 +59,16 @@ def _p99(values: list[float]) -> float | None:
 
 
 def _rss_growth(memory: list[dict], duration_s: float) -> float | None:
-    """Total worker RSS at the end over at the middle, from the last samples (after the faults: replaced workers
-    start small, so the half after the last fault is what shows a leak)."""
-    totals: dict[float, float] = {}
-    for sample in memory:
-        key = round(sample["at"])
-        totals[key] = totals.get(key, 0.0) + sample["rss_mb"]
-    half = [v for t, v in sorted(totals.items()) if t >= duration_s / 2]
-    return (half[-1] - half[0]) / half[0] if len(half) >= 2 and half[0] else None
+    """The largest RSS growth of one worker over the last half of the run, from its first sample there to its last.
+    A worker that replaced a killed one counts from WARM_S after it appeared: it grows while it warms up."""
+    growth = None
+    for pid in {s["pid"] for s in memory}:
+        samples = [s for s in memory if s["pid"] == pid]
+        since = max(duration_s / 2, samples[0]["at"] + WARM_S)
+        later = [s["rss_mb"] for s in samples if s["at"] >= since]
+        if len(later) >= 2:
+            growth = max(growth or float("-inf"), (later[-1] - later[0]) / later[0])
+    return growth
 
 
 def write(out: Path, summary: dict, outcomes: list[Outcome], memory: list[dict], events: list[dict]) -> None:
