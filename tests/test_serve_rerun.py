@@ -1,7 +1,7 @@
 """Nothing lost that could be saved: when a worker replica dies, or only its engine process, every request that
 had not streamed a token is re-run on the other worker (the client sees a normal answer), and a stream that had
 tokens ends with an error event and [DONE]. Also: a worker's queue drops as soon as client-cut streams leave it
-idle, and the ingress logs no unretrieved task exception for them. And the small HTTP defects of issue 22 through
+idle, and the ingress logs no unretrieved task exception for them. And small HTTP defects, through
 Serve: lone surrogates are a 400, X-Client-Id is capped, GET /v1/models/{id} answers."""
 import asyncio
 import glob

@@ -2,7 +2,7 @@
 workload (whole and streamed requests, streams cut by their clients, hostile bodies, adapter loads and unloads),
 while a worker replica, a worker's engine process and the popularity tracker are killed at random times.
 
-    python -m benchmarks.soak --minutes 60 --out benchmarks/results/soak     # the run
+    python -m benchmarks.soak --minutes 60 --out benchmarks/results/soak     # the full run
     python -m benchmarks.soak --minutes 0.5 --out /tmp/soak                  # the CI smoke run
 
 It starts a Ray cluster of its own (127.0.0.1, free ports) and stops it at the end. It writes soak.json (every

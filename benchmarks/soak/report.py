@@ -31,7 +31,7 @@ def _why(o: Outcome) -> str:
 
 
 def targets(outcomes: list[Outcome], memory: list[dict], duration_s: float) -> dict:
-    """Issue 22's targets. The latency windows are the first and last 10 minutes (a third each for short runs)."""
+    """The soak's targets. The latency windows are the first and last 10 minutes (a third each for short runs)."""
     failed = [o for o in outcomes if o.status is not None and o.status >= 500]
     window = min(600.0, duration_s / 3)
     p99 = lambda lo, hi: _p99([o.latency for o in outcomes if o.kind in ("whole", "stream") and o.status == 200
