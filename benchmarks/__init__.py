@@ -6,6 +6,7 @@
     harness/    S-LoRA's experiment harness (launch_server, run_exp, plot_exp)                 cd benchmarks && python launch_server.py
     multi_gpu/  K GPU workers, the hot-adapter router against Serve's default                 python -m benchmarks.multi_gpu
     vtc/        Virtual Token Counter fair scheduling against FCFS                             python -m benchmarks.vtc
+    soak/       the CPU demo app for --minutes at ~80% load while parts of it are killed       python -m benchmarks.soak
     ops/        the Triton kernels alone (correction, attention, merge)                        python -m benchmarks.ops.correction
     common/     what they share: traces, the HTTP load client, synthetic assets, result files
 

@@ -41,7 +41,10 @@ class PopularityArgs(_Strict):
 class ReplicaArgs(_Strict):
     num_replicas: PositiveInt = 1
     num_cpus: float = Field(0.1, ge=0.0)  # fractional on CPU machines: three 1-CPU replicas never fit on 2 cores
-    num_gpus: float = Field(0.0, ge=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)  # a fraction shares a GPU: give each worker its gpu_memory_utilization share
+    # Ray custom resources each replica needs, e.g. {"fair_lora_worker": 1} with `ray start --resources
+    # '{"fair_lora_worker": 1}'` on the nodes that may hold a worker: pins replicas to nodes (docs/cluster.md).
+    resources: dict[str, float] = Field(default_factory=dict)
     max_ongoing_requests: PositiveInt | None = None  # None: derived (workers: batch + queue; ingress: 1024)
     # Requests the callers (the HTTP proxy, the ingress) may queue for these replicas beyond max_ongoing_requests;
     # past it they get 503 (proxy) / 429 (ingress) at once instead of waiting in an unbounded queue.
@@ -98,8 +101,16 @@ class AppArgs(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "AppArgs":
-        if self.device == "cuda" and self.workers.num_gpus < 1:
-            raise ValueError("device is 'cuda' but workers.num_gpus < 1: give each worker a GPU (workers.num_gpus: 1)")
+        if self.device == "cuda" and self.workers.num_gpus <= 0:
+            raise ValueError("device is 'cuda' but workers.num_gpus is 0: give each worker a GPU (workers.num_gpus: 1), "
+                             "or a share of one (0.5: two workers per GPU, each with num_kv_tokens set)")
+        if self.device == "cuda" and self.workers.num_gpus < 1 and self.num_kv_blocks is None and self.num_kv_tokens is None:
+            # gpu_memory_utilization budgets the whole device, every process's memory counted: workers sharing a
+            # GPU would race to size their caches from the same free memory. Each gets its share explicitly.
+            raise ValueError(
+                f"workers.num_gpus is {self.workers.num_gpus}: workers share a GPU, so give each its KV cache "
+                "explicitly with num_kv_tokens (or num_kv_blocks)"
+            )
         if self.num_kv_blocks is not None and self.num_kv_tokens is not None:
             raise ValueError("set num_kv_blocks or num_kv_tokens, not both")
         if self.model is None and self.device == "cpu" and self.workers.num_gpus:

@@ -4,7 +4,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from deployments.app_args import AppArgs
+from deployments.app_args import AppArgs, ReplicaArgs
 from deployments.hot_adapter_router import HotAdapterRouter
 from deployments.ingress import Ingress
 from deployments.lora_worker import LoRAWorker
@@ -25,6 +25,10 @@ def parse_args(args: dict | AppArgs | None) -> AppArgs:
         raise AppArgsError("invalid fair_lora app args in serve_config.yaml:\n" + "\n".join(lines)) from None
 
 
+def _actor_options(replicas: ReplicaArgs) -> dict:
+    return {"num_cpus": replicas.num_cpus, "num_gpus": replicas.num_gpus, "resources": dict(replicas.resources)}
+
+
 def build_app(args: dict | AppArgs | None = None) -> Application:
     app_args = parse_args(args)
     routing = app_args.routing
@@ -42,18 +46,18 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
     ).bind(app_args.popularity.config())
     workers = serve.deployment(LoRAWorker).options(
         num_replicas=app_args.workers.num_replicas,
-        ray_actor_options={"num_cpus": app_args.workers.num_cpus, "num_gpus": app_args.workers.num_gpus},
+        ray_actor_options=_actor_options(app_args.workers),
         max_ongoing_requests=app_args.worker_max_ongoing,
         max_queued_requests=app_args.worker_max_queued,
         request_router_config=router,
-        health_check_period_s=2.0,
+        health_check_period_s=1.0,  # a dead engine process fails the next check: Serve hears of it within 1 s
         health_check_timeout_s=30.0,
         graceful_shutdown_timeout_s=5.0,
         logging_config=logging,
     )
     ingress = serve.deployment(Ingress).options(
         num_replicas=app_args.ingress.num_replicas,
-        ray_actor_options={"num_cpus": app_args.ingress.num_cpus, "num_gpus": app_args.ingress.num_gpus},
+        ray_actor_options=_actor_options(app_args.ingress),
         max_ongoing_requests=app_args.ingress_max_ongoing,
         max_queued_requests=app_args.ingress_max_queued,  # bounds the proxy's queue in front of the ingress
         logging_config=logging,

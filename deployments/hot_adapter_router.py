@@ -11,6 +11,7 @@ import random
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
+from deployments.lost_workers import is_lost
 from deployments.worker_protocol import GenerateRequest
 
 
@@ -23,8 +24,10 @@ class HotAdapterRouter(RequestRouter):
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
-        # A worker whose engine died says so in its stats; Serve replaces it after failed health checks.
-        replicas = [r for r in candidate_replicas if r.routing_stats.get("alive", True)] or list(candidate_replicas)
+        # A worker whose engine died says so in its stats (and the ingress marks it lost as soon as a request of
+        # it fails); Serve replaces it after failed health checks. With none left, the request fails there and is
+        # re-run (worker_call.py) until Serve has a live one.
+        replicas = [r for r in candidate_replicas if _alive(r)] or list(candidate_replicas)
         random.shuffle(replicas)  # ties between equally loaded replicas must not always go to the same one
         adapter = _adapter_of(pending_request)
         hot = [r for r in replicas if adapter is not None and r.routing_stats.get("hot_adapter") == adapter]
@@ -39,6 +42,10 @@ class HotAdapterRouter(RequestRouter):
             cached = self.replica_queue_len_cache.get(replica.replica_id)
             loads.append(cached if cached is not None else replica.routing_stats.get("queue", 0))
         return min(loads)
+
+
+def _alive(replica: RunningReplica) -> bool:
+    return replica.routing_stats.get("alive", True) and not is_lost(replica.replica_id.unique_id)
 
 
 def _adapter_of(pending_request: PendingRequest | None) -> str | None:

@@ -6,7 +6,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.exceptions import RayActorError, RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
-from fair_lora.engine.core_client import EngineDeadError
+from deployments.worker_rerun import WorkerLostError
+from fair_lora.serving.core_client import EngineDeadError
 from fair_lora.errors import (
     AdapterError,
     AdapterInUseError,
@@ -70,10 +71,12 @@ def to_http_error(error: BaseException) -> HTTPError:
         return HTTPError(status, str(error))
     if isinstance(error, BackPressureError):
         return HTTPError(429, "every worker's queue is full; retry later")
+    if isinstance(error, WorkerLostError):
+        return HTTPError(503, f"{error}; retry")
     if isinstance(error, (RayActorError, EngineDeadError, DeploymentUnavailableError)):
         return HTTPError(503, f"the worker serving this request failed ({type(error).__name__}); retry")
-    if isinstance(error, RayTaskError):
-        return HTTPError(503, f"the worker serving this request failed: {error.cause!r}; retry")
+    if isinstance(error, RayTaskError):  # the worker raised: a bug of ours for this request, not a worker lost
+        return HTTPError(500, f"internal error in the worker: {error.cause!r}")
     return HTTPError(500, f"internal error: {error!r}")
 
 
@@ -87,6 +90,11 @@ async def http_error_handler(_: Request, error: Exception) -> JSONResponse:
 
 async def validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0] if error.errors() else {}
+    if first.get("type") == "json_invalid":  # its loc holds the character offset, which names no field
+        offset = next((part for part in first.get("loc", ()) if isinstance(part, int)), None)
+        where = f" at character {offset}" if offset is not None else ""
+        why = first.get("ctx", {}).get("error", "decode error")
+        return HTTPError(400, f"the body is not valid JSON: {why}{where}").response()
     where = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(where) or None
     # Our own checks raise ValueError, which pydantic reports as "Value error, <message>": the message is enough.

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -17,6 +17,7 @@ from ray.serve.metrics import Counter
 
 from deployments.app_args import AppArgs
 from deployments.body_limit import BodyLimit
+from deployments.call_stream import CallStream
 from deployments.http_errors import (
     EXPECTED_ERRORS,
     HTTPError,
@@ -31,6 +32,7 @@ from deployments.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     GenerateBody,
+    MAX_USER_CHARS,
     LoadLoRAAdapterRequest,
     UnloadLoRAAdapterRequest,
 )
@@ -38,6 +40,7 @@ from deployments.openai_responses import OpenAIFormat, Result, sse
 from deployments.popularity_link import PopularityFeed, PopularityLink
 from deployments.readiness import WorkerReadiness
 from deployments.worker_call import WorkerCall
+from deployments.worker_rerun import complete
 from deployments.worker_fleet import WorkerFleet
 from deployments.worker_protocol import Completion, Delta, GenerateRequest
 
@@ -79,21 +82,6 @@ def _generate_delta(request: GenerateRequest, result: Result, delta: Delta) -> d
     return line
 
 
-class CallStream(StreamingResponse):
-    """Closes its worker call however the response ends: a client gone before the first chunk is pulled
-    never runs the generator's `finally`, and the worker would otherwise generate for nobody."""
-
-    def __init__(self, call: WorkerCall, content: AsyncIterator[str], **kwargs) -> None:
-        super().__init__(content, **kwargs)
-        self.call = call
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.call.close()
-
-
 app = FastAPI(title="fair_lora")
 app.add_middleware(BodyLimit)  # bodies over AppArgs.max_request_bytes get 413 before they are read or parsed
 app.add_exception_handler(RequestValidationError, validation_error_handler)
@@ -127,30 +115,29 @@ class Ingress:
 
     def _request(self, prefix: str, request: Request, adapter: str | None, body) -> GenerateRequest:
         generate = body.to_generate(f"{prefix}-{uuid.uuid4().hex}", adapter)
-        generate.client = request.headers.get("x-client-id") or getattr(body, "user", None)
+        client = request.headers.get("x-client-id")
+        if client is not None and len(client) > MAX_USER_CHARS:  # it names a client, as `user` does: not a payload
+            raise HTTPError(400, f"X-Client-Id must be at most {MAX_USER_CHARS} characters", "X-Client-Id")
+        generate.client = client or getattr(body, "user", None)
         generate.arrival = time.time()
         return generate
 
-    async def _start(self, request: GenerateRequest, path: str) -> WorkerCall:
+    async def _start(self, request: GenerateRequest, path: str, shows_tokens: bool) -> WorkerCall:
         try:
-            call = await WorkerCall.start(self.workers, request)
+            call = await WorkerCall.start(self.workers, request, shows_tokens)
         except Exception as error:  # noqa: BLE001 - mapped here: Serve's own handlers would answer some as 503 text
             raise self._failed(path, error) from None
         self.feed.count(request.adapter)  # admitted requests only: a typo'd adapter name must never turn hot
         return call
 
     async def _complete(self, request: GenerateRequest, path: str) -> Result:
-        """A non-streamed request: one call, one message back from the worker."""
-        response = self.workers.generate_once.remote(request)
+        """A non-streamed request: one call, one message back from the worker (re-run if its worker fails)."""
         try:
-            reply = await response
-        except asyncio.CancelledError:  # the client went away: the worker aborts the request
-            response.cancel()
-            raise
-        except Exception as error:  # noqa: BLE001 - e.g. the worker died mid-request: 503, not Serve's plain text
+            reply = await complete(self.workers, request)
+        except Exception as error:  # noqa: BLE001 - e.g. every try's worker died: 503, not Serve's plain text
             raise self._failed(path, error) from None
         if not isinstance(reply, Completion):
-            raise self._failed(path, WorkerCall.refusal(reply))
+            raise self._failed(path, reply.error)
         self.feed.count(request.adapter)
         if reply.finish_reason == "error":
             raise self._failed(path, HTTPError(500, f"the engine failed on this request: {reply.error}"))
@@ -183,28 +170,27 @@ class Ingress:
         if not body.stream:
             result = await self._complete(request, form.path)
             return JSONResponse(form.response(result, want_logprobs), headers=result.headers)
-        call = await self._start(request, form.path)
+        call = await self._start(request, form.path, shows_tokens=want_logprobs)
         stream = self._sse(call, form, want_logprobs, body.include_usage)
         return CallStream(call, stream, media_type="text/event-stream", headers=call.admitted.headers)
 
     async def _sse(
         self, call: WorkerCall, form: OpenAIFormat, want_logprobs: bool, include_usage: bool
     ) -> AsyncIterator[str]:
-        result = Result(call.admitted)
         try:
             if form.chat:
                 yield sse(form.chunk("", None, None, first=True))
             async for delta in call.deltas():
-                result.add(delta)
                 logprobs = form.logprobs(delta.tokens or [], delta.logprobs or [], want_logprobs)
                 if delta.text or delta.finished or logprobs:
                     yield sse(form.chunk(delta.text, delta.finish_reason, logprobs))
             if include_usage:
-                yield sse(form.usage_chunk(result))
+                yield sse(form.usage_chunk(call.result))
             yield sse("[DONE]")
             self._count(form.path, 200)
         except Exception as error:  # headers are out: the error goes in the stream, as OpenAI's servers do
             yield sse(self._failed(form.path, error).body())
+            yield sse("[DONE]")  # the stream's end is never left for the client to guess
         finally:
             call.close()
 
@@ -214,16 +200,14 @@ class Ingress:
         if not body.stream:
             result = await self._complete(generate, "/generate")
             return JSONResponse(_generate_body(generate, result), headers=result.headers)
-        call = await self._start(generate, "/generate")
+        call = await self._start(generate, "/generate", shows_tokens=True)
         return CallStream(call, self._ndjson(call, generate), media_type="application/x-ndjson", headers=call.admitted.headers)
 
     async def _ndjson(self, call: WorkerCall, request: GenerateRequest) -> AsyncIterator[str]:
         """One line per delta: its new text and token ids; the last line also has the usage."""
-        result = Result(call.admitted)
         try:
             async for delta in call.deltas():
-                result.add(delta)
-                line = _generate_delta(request, result, delta)
+                line = _generate_delta(request, call.result, delta)
                 yield json.dumps(line) + "\n"
             self._count("/generate", 200)
         except Exception as error:  # noqa: BLE001 - headers are out: the error is the stream's last line
@@ -249,6 +233,13 @@ class Ingress:
         }
         cards = [base] + [{**base, "id": a, "root": a, "parent": self.base_model} for a in adapters]
         return {"object": "list", "data": cards}
+
+    @app.get("/v1/models/{model_id:path}")  # :path: an adapter name may hold a slash
+    async def model(self, model_id: str):
+        card = next((c for c in (await self.models())["data"] if c["id"] == model_id), None)
+        if card is None:
+            raise HTTPError(404, f"model {model_id!r} does not exist: GET /v1/models lists the base model and adapters")
+        return card
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(self, body: LoadLoRAAdapterRequest):

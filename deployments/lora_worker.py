@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -18,9 +19,9 @@ from deployments.worker_metrics import WorkerMetrics, adapter_tag
 from deployments.worker_protocol import Admitted, Completion, Delta, Failed, GenerateRequest, Rejected
 from deployments.worker_stats import WorkerStats
 from fair_lora import FairLoRAError
-from fair_lora.engine.async_engine import AsyncLLMEngine, RequestDelta, RequestStream
-from fair_lora.engine.core_client import EngineDeadError
-from fair_lora.engine.core_messages import StepReport
+from fair_lora.serving.async_engine import AsyncLLMEngine, RequestDelta, RequestStream
+from fair_lora.serving.core_client import EngineDeadError
+from fair_lora.serving.core_messages import StepReport
 from fair_lora.errors import AdapterInUseError
 
 logger = logging.getLogger("ray.serve")
@@ -72,7 +73,7 @@ class LoRAWorker:
                 yield self._delta(delta, stream)
         except EngineDeadError as error:
             finished = True
-            yield Failed(f"worker {self.rank}: {error}")
+            yield self._failed(error)
         finally:
             if not finished:  # the client went away (or the ingress was cancelled): free the KV blocks now
                 self._abort(request.request_id)
@@ -88,7 +89,7 @@ class LoRAWorker:
             async for _ in self._follow(request, stream):
                 pass
         except EngineDeadError as error:
-            return Failed(f"worker {self.rank}: {error}")
+            return self._failed(error)
         except asyncio.CancelledError:  # the client went away: free the KV blocks now
             self._abort(request.request_id)
             raise
@@ -127,8 +128,11 @@ class LoRAWorker:
 
     def _refusal(self, error: Exception) -> Rejected | Failed:
         if isinstance(error, EngineDeadError):
-            return Failed(f"worker {self.rank}: {error}")
+            return self._failed(error)
         return Rejected(error)
+
+    def _failed(self, error: EngineDeadError) -> Failed:
+        return Failed(f"worker {self.rank}: {error}", serve.get_replica_context().replica_id.unique_id)
 
     def _abort(self, request_id: str) -> None:
         self.engine.abort(request_id)
@@ -209,6 +213,8 @@ class LoRAWorker:
             "switch_history": list(self.sync.switch_history),
             "worker": self.rank,
             "replica": serve.get_replica_context().replica_tag,
+            "engine_pid": self.engine.client.process.pid,  # for operators (and fault tests) on the worker's node
+            "node_id": ray.get_runtime_context().get_node_id(),
             "runtime_adapters": dict(self.runtime_adapters),
             "popularity_tracker_reachable": self.link.available,
         }

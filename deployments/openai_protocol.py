@@ -17,6 +17,7 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    field_validator,
 )
 
 from deployments.worker_protocol import GenerateRequest
@@ -26,6 +27,7 @@ MAX_MESSAGES = 2048  # bounds the chat template's work; far beyond what one requ
 MAX_PROMPT_IDS = 1 << 20  # beyond the context of every model the engine loads; it refuses what exceeds its own
 MAX_PATH_CHARS, MAX_PATH_PART_BYTES = 4096, 255  # Linux's PATH_MAX and NAME_MAX
 MAX_USER_CHARS = 256  # `user` names a client (for fair scheduling): an id, not a payload
+NOT_UNICODE = "is not valid Unicode: it holds a lone UTF-16 surrogate (e.g. \\ud800); send UTF-8 text"
 
 
 def _one_error(kind: Any, rule: str) -> Any:
@@ -68,9 +70,38 @@ TopK = Annotated[StrictInt, Field(ge=-1, le=MAX_INT)]  # 0 or -1: no cut
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 
 
+def _lone_surrogate(value: object) -> str | None:
+    """The first string in `value` (nested lists and dicts too) that is not valid Unicode, if any."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value
+        return None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next((bad for item in items if (bad := _lone_surrogate(item)) is not None), None)
+
+
 class _Body(BaseModel):
     # allow_inf_nan: Python's JSON parser reads NaN and Infinity, which no range check would catch.
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _valid_unicode(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer (and no UTF-8 file name) takes: the
+        # client's text is wrong, and sending it again can never work, so it is a 400 naming the field. It replaces
+        # the field's own error ("must be a string"), which would not say what is wrong; a nested body's (a chat
+        # message's) own check names the innermost field.
+        try:
+            result = handler(value)
+        except ValidationError as error:
+            if _lone_surrogate(value) is None or all(NOT_UNICODE in e["msg"] for e in error.errors()):
+                raise  # not about Unicode, or a nested field's own check said it already
+            raise ValueError(NOT_UNICODE) from None
+        if _lone_surrogate(result) is not None:
+            raise ValueError(NOT_UNICODE)
+        return result
 
 
 class StreamOptions(_Body):

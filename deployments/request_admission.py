@@ -5,7 +5,7 @@ import asyncio
 from deployments.prompt_render import is_token_ids, render_prompt
 from deployments.worker_protocol import GenerateRequest
 from fair_lora import RequestError, SamplingParams, UnknownAdapterError
-from fair_lora.engine.async_engine import AsyncLLMEngine, RequestStream
+from fair_lora.serving.async_engine import AsyncLLMEngine, RequestStream
 
 
 async def admit(

@@ -1,9 +1,13 @@
 """Operations that reach every worker (Serve's handle.broadcast): load, unload, describe, live metrics."""
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.http_errors import HTTPError, to_http_error
 from deployments.live_metrics import LiveMetrics
 from deployments.popularity_link import PopularityLink
+
+from fair_lora import FairLoRAError
+from fair_lora.serving.core_client import EngineDeadError
 from fair_lora.errors import UnknownAdapterError
 
 
@@ -31,13 +35,14 @@ class WorkerFleet:
         return [r for r in await self._broadcast("live_metrics") if not isinstance(r, BaseException)]
 
     async def load(self, name: str, path: str) -> int:
-        """Load on every worker, or on none: a failure anywhere unloads it again. Returns the worker count."""
-        results = await self._broadcast("load_adapter", name, path)
+        """Load on every live worker, or on none: a failure anywhere unloads it again. Returns the worker count.
+        A worker that died meanwhile is left out: its replacement loads the adapter from the tracker's registry."""
+        results = [r for r in await self._broadcast("load_adapter", name, path) if not _lost(r)]
         errors = [r for r in results if r is not None]
-        if errors:
+        if errors or not results:
             if len(errors) < len(results):
                 await self._broadcast("unload_adapter", name)
-            raise to_http_error(errors[0])
+            raise to_http_error(_first(errors) or HTTPError(503, "no worker is alive to load the adapter; retry"))
         await self.link.call("register_adapter", name, path)  # so a worker that replaces one loads it too
         return len(results)
 
@@ -47,13 +52,13 @@ class WorkerFleet:
         Two phases: every worker first stops admitting requests for it and checks that none is unfinished;
         if any is busy, every worker takes requests for it again and nothing has changed (409). A request that
         arrives in between is refused (404), never cut off by the unload."""
-        began = await self._broadcast("begin_unload", name)
+        began = [r for r in await self._broadcast("begin_unload", name) if not _lost(r)]  # a dead one runs nothing
         busy = [r for r in began if isinstance(r, BaseException) or (r is not None and not isinstance(r, UnknownAdapterError))]
         if busy:
             await self._broadcast("cancel_unload", name)
-            raise to_http_error(busy[0])
+            raise to_http_error(_first(busy))
         await self.link.call("unregister_adapter", name)
-        results = await self._broadcast("finish_unload", name)
+        results = [r for r in await self._broadcast("finish_unload", name) if not _lost(r)]
         missing = [r for r in results if isinstance(r, UnknownAdapterError)]
         failed = [r for r in results if r is not None and not isinstance(r, UnknownAdapterError)]
         if failed:
@@ -61,5 +66,15 @@ class WorkerFleet:
             done = len(results) - len(failed)
             raise HTTPError(error.status, f"{error.message} (unloaded from {done} of {len(results)} workers; retry)")
         if len(missing) == len(results):
-            raise to_http_error(missing[0])
+            raise to_http_error(missing[0] if missing else UnknownAdapterError(f"adapter {name!r} is not loaded"))
         return len(results) - len(missing)
+
+
+def _lost(result: object) -> bool:
+    """A worker that died (its replica, or its engine process) before it answered."""
+    return isinstance(result, (RayActorError, EngineDeadError))
+
+
+def _first(errors: list[BaseException]) -> BaseException | None:
+    """The client's own mistake (a bad path, an adapter in use) before any other failure: it is what to fix."""
+    return next((e for e in errors if isinstance(e, FairLoRAError)), errors[0] if errors else None)

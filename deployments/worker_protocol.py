@@ -38,9 +38,11 @@ class Rejected:
 
 @dataclass
 class Failed:
-    """The worker could not serve the request (its engine process stopped): the caller should retry (503)."""
+    """The worker could not serve the request (its engine process stopped): the ingress re-runs the request on
+    another worker if nothing of it reached the client yet, else ends it with a 503."""
 
     message: str
+    replica: str  # the worker replica's unique id: the router avoids it from then on
 
 
 @dataclass

@@ -4,7 +4,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from deployments.worker_metrics import adapter_tag
-from fair_lora.engine.core_messages import StepReport
+from fair_lora.serving.core_messages import StepReport
 from fair_lora.engine.vtc import INPUT_WEIGHT as VTC_INPUT_WEIGHT, OUTPUT_WEIGHT as VTC_OUTPUT_WEIGHT
 
 

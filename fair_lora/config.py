@@ -40,6 +40,9 @@ class EngineConfig:
     cuda_graphs: bool = True  # on CUDA, replay decode steps from captured graphs (batch sizes up to 256)
     warmup: bool = True  # on CUDA, compile kernels, capture graphs and load adapter slots before serving
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    # auto_hot merges are trials: kept only if this many merged decode steps cost less per token than unmerged ones
+    # (merge_gain.py); 0: every merge the popularity window asks for stays.
+    merge_trial_steps: int = 32
     auto_hot: bool = True  # fair mode: the engine's own window picks the hot adapter; False: set_hot_adapter only
     detokenize: bool = True  # False: outputs carry token ids only, no text, no stop strings (a front-end does them)
     demo_dir: str | None = None  # where the demo assets are created; None: ~/.cache/fair_lora/demo
@@ -56,6 +59,8 @@ class EngineConfig:
                      "max_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.merge_trial_steps < 0:
+            raise ValueError("merge_trial_steps must be >= 0")
         for name in ("max_model_len", "num_kv_blocks", "num_kv_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None")

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from fair_lora import EngineConfig, LLMEngine, SamplingParams, UnknownAdapterError
-from fair_lora.engine.async_engine import AsyncLLMEngine
-from fair_lora.engine.core_client import EngineDeadError
+from fair_lora.serving.async_engine import AsyncLLMEngine
+from fair_lora.serving.core_client import EngineDeadError
 from fair_lora.engine.detokenizer import OutputText
 
 ADAPTERS = [None, "adapter-0", "adapter-1", "adapter-2"]
@@ -33,10 +33,12 @@ class Served:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.steps: list[int] = []
+        self.queues: list[tuple[int, int]] = []  # (waiting, running) of each report
         self.engine = self._wait(AsyncLLMEngine.start(_config(demo), on_step=self._on_step, torch_threads=1))
 
     def _on_step(self, report) -> None:
         self.steps.append(report.stats.num_seqs)
+        self.queues.append((report.waiting, report.running))
 
     def _wait(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=120)
@@ -126,8 +128,8 @@ def test_streams_share_the_message_budget_and_still_add_up_to_the_whole_output(s
 
 
 def test_the_budget_interval_follows_the_number_of_streams_and_holds_nothing_past_it(monkeypatch):
-    from fair_lora.engine import async_engine
-    from fair_lora.engine.async_engine import RequestDelta, RequestStream
+    from fair_lora.serving import async_engine
+    from fair_lora.serving.async_engine import RequestDelta, RequestStream
 
     clock = [100.0]
     monkeypatch.setattr(async_engine.time, "monotonic", lambda: clock[0])
@@ -199,6 +201,26 @@ def test_abort_frees_every_block(served):
 
     stats = served.run(request)
     assert stats["running"] == stats["waiting"] == 0 and stats["free_blocks"] == stats["num_blocks"]
+
+
+def test_aborts_that_empty_the_queue_are_reported_without_another_request(served):
+    """The router reads a worker's queue from these reports: a stale one would keep it off an idle worker."""
+
+    async def abort_all(engine):
+        streams = [await engine.add(f"cut {i}", "adapter-1", SamplingParams(max_tokens=400, ignore_eos=True))
+                   for i in range(3)]
+        for stream in streams:
+            async for _ in stream.deltas():
+                break
+        for stream in streams:
+            engine.abort(stream.request_id)
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if served.queues[-1] == (0, 0):
+                return True
+        return False
+
+    assert served.run(abort_all), f"last reports: {served.queues[-5:]}"
 
 
 def test_a_dead_engine_process_fails_its_requests_and_later_calls(demo):

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from benchmarks.engine.bench import main
 from benchmarks.common.report import REPO
+from benchmarks.engine.bench import main
 from benchmarks.engine.roofline import ModelShape, correction
 from benchmarks.engine.workload import Mix, most_frequent
 

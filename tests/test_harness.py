@@ -398,8 +398,8 @@ def test_launch_server_and_run_exp_debug_complete_every_request_and_leave_no_ray
         assert "mode fair" in ready and "8 adapters" in ready
         results = tmp_path / "results.jsonl"
         run = subprocess.run([sys.executable, "run_exp.py", "--debug", "--model-setting", "Demo", "--duration-scale",
-                              "0.2", "--server", f"http://127.0.0.1:{port}", "--output", str(results),
-                              "--mode", "fair"], cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=120)
+                              "0.2", "--lengths", "8", "64", "--server", f"http://127.0.0.1:{port}", "--output",
+                              str(results), "--mode", "fair"], cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr[-3000:]
     finally:
         if proc.poll() is None:  # Ray's processes, while they are still the server's descendants

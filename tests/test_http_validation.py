@@ -273,3 +273,36 @@ def test_limit_refuses_a_declared_length_without_calling_the_app(monkeypatch):
     assert (status, pulled, echo.calls) == (413, 0, 0)
     assert json.loads(body)["error"]["type"] == "RequestTooLargeError"
     assert call(BodyLimit(echo), [b"x" * 250], [(b"content-length", b"250")]) == (200, b"250", 1)
+
+
+SURROGATES = [
+    ("/v1/completions", {**COMPLETION, "prompt": "\ud800"}, "prompt"),
+    ("/v1/completions", {**COMPLETION, "prompt": ["a\udc00b"]}, "prompt"),
+    ("/v1/completions", {**COMPLETION, "prompt": "\udc00", "stream": True}, "prompt"),
+    ("/v1/completions", {**COMPLETION, "stop": "\ud800"}, "stop"),
+    ("/v1/completions", {**COMPLETION, "stop": ["ok", "\udc00"]}, "stop"),
+    ("/v1/completions", {**COMPLETION, "user": "\ud800"}, "user"),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content"),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]},
+     "messages.0.content"),
+    ("/v1/chat/completions", {**CHAT, "stop": "\udc00", "stream": True}, "stop"),
+    ("/generate", {"prompt": "\ud800"}, "prompt"),
+    ("/generate", {"prompt": "x", "stop": ["\ud800"], "stream": True}, "stop"),
+    ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/a/\ud800"}, "lora_path"),
+]
+
+
+@pytest.mark.parametrize("path, body, field", SURROGATES, ids=[f"{p}-{f}-{i}" for i, (p, _, f) in enumerate(SURROGATES)])
+def test_lone_surrogate_is_a_400_saying_the_text_is_not_valid_unicode(client, path, body, field):
+    # json.dumps writes a lone surrogate as the \ud800 escape, exactly what a client's JSON encoder sends.
+    response = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field and "not valid Unicode" in error["message"] and "retry" not in error["message"]
+
+
+def test_invalid_json_names_no_param_and_says_where_it_broke(client):
+    response = client.post("/v1/completions", content='{"model": "a", "prompt": }', headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] is None and "not valid JSON" in error["message"] and "character 25" in error["message"]

@@ -8,12 +8,12 @@ from collections import Counter
 import pytest
 
 from benchmarks.common.http_load import RequestRecord
+from benchmarks.common.report import REPO
+from benchmarks.common.trace import TraceConfig, generate_requests
 from benchmarks.multi_gpu.report import ratios
 from benchmarks.multi_gpu.workload import (
     hot_indices, merged_after, merged_timeline, routing_hits, scenario_trace, switches_per_worker,
 )
-from benchmarks.common.report import REPO
-from benchmarks.common.trace import TraceConfig, generate_requests
 
 
 def _shares(trace, since=0.0, until=float("inf")):
@@ -102,8 +102,10 @@ def test_ratios_compare_the_right_runs():
 @pytest.mark.ray
 def test_dry_run_serves_every_request_on_one_and_two_cpu_workers_with_both_routers(tmp_path):
     pytest.importorskip("ray")
+    from tests.serve_fixtures import free_port
+
     run = subprocess.run([sys.executable, "-m", "benchmarks.multi_gpu.bench", "--dry-run", "--out", str(tmp_path),
-                          "--port", "8731"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                          "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     (jsonl,) = tmp_path.glob("multi_gpu_*_cpu-dry-run.jsonl")
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]

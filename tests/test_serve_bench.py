@@ -22,7 +22,7 @@ def test_engine_and_http_sides_measure_the_same_requests(ray_cluster, offline_en
     demo = make_demo(Path(ray_cluster.demo_dir))
     adapters = sorted(demo.adapters)
     args = app_args(opts, case, None, {n: str(p) for n, p in demo.adapters.items()}, ray_cluster.demo_dir)
-    workloads = {c: requests_for(case, adapters, 8, opts.prompt_len, opts.output_len) for c in (1, 4)}
+    workloads = {c: requests_for(case, adapters, 4, opts.prompt_len, opts.output_len) for c in (1, 4)}
     engine = measure_engine(args, case, workloads)
     app = deploy(ray_cluster, "serve_bench_app", {k: v for k, v in args.items() if k != "demo_dir"})
     try:

@@ -63,3 +63,19 @@ def test_queued_request_limits_are_bounded_and_validated():
 def test_cuda_without_gpus_is_refused():
     with pytest.raises(AppArgsError, match="num_gpus"):
         parse_args({"model": "/m", "device": "cuda"})
+
+
+def test_two_workers_may_share_a_gpu_each_with_an_explicit_kv_cache():
+    shared = {"model": "/m", "device": "cuda", "workers": {"num_replicas": 2, "num_gpus": 0.5}}
+    with pytest.raises(AppArgsError, match="num_kv_tokens"):
+        parse_args(shared)
+    args = parse_args({**shared, "num_kv_tokens": 20000})
+    assert args.workers.num_gpus == 0.5
+    options = build_app(args)._bound_deployment.init_args[1]._bound_deployment.ray_actor_options
+    assert options["num_gpus"] == 0.5
+
+
+def test_replicas_take_custom_resources_to_pin_them_to_nodes():
+    app = build_app({"workers": {"num_replicas": 2, "resources": {"fair_lora_worker": 1}}})
+    workers = app._bound_deployment.init_args[1]._bound_deployment
+    assert workers.ray_actor_options["resources"] == {"fair_lora_worker": 1}

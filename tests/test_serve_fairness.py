@@ -6,14 +6,14 @@ import asyncio
 import httpx
 import pytest
 
-from tests.serve_fixtures import deploy, serve_config_args, undeploy, wait_for
+from tests.serve_fixtures import demo_config_args, deploy, undeploy, wait_for
 
 pytestmark = pytest.mark.ray
 pytest_plugins = ["tests.serve_fixtures"]
 
 ARGS = {
-    **serve_config_args(), "scheduling_policy": "vtc", "max_num_seqs": 2, "max_waiting": 64,
-    "workers": {**serve_config_args()["workers"], "num_replicas": 1, "max_queued_requests": 64},
+    **demo_config_args(), "scheduling_policy": "vtc", "max_num_seqs": 2, "max_waiting": 64,
+    "workers": {**demo_config_args()["workers"], "num_replicas": 1, "max_queued_requests": 64},
     "routing": {"stats_period_s": 0.2, "flush_s": 0.05, "assignment_poll_s": 0.1},
 }
 

@@ -8,14 +8,14 @@ import pytest
 import ray
 
 from tests.serve_fixtures import (
+    demo_config_args,
     deploy,
     offline,
+    replica_actor,
     send_all,
-    serve_config_args,
     stream_completion,
     undeploy,
     wait_for,
-    replica_actor,
 )
 
 pytestmark = pytest.mark.ray
@@ -30,12 +30,12 @@ ARGS = {
 }
 # The ingress's handle holds requests it has not routed yet against max_queued_requests (default: max_waiting, 4):
 # six streams sent at once could get a 429 before reaching any worker. Room for them; the burst still overflows.
-WORKERS = {**serve_config_args()["workers"], "max_queued_requests": 16}
+WORKERS = {**demo_config_args()["workers"], "max_queued_requests": 16}
 
 
 @pytest.fixture(scope="module")
 def app(ray_cluster):
-    served = deploy(ray_cluster, "faults_app", {**serve_config_args(), **ARGS, "workers": WORKERS})
+    served = deploy(ray_cluster, "faults_app", {**demo_config_args(), **ARGS, "workers": WORKERS})
     yield served
     undeploy(served)
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common.cli import floats, names
+from benchmarks.common.report import REPO, RESULTS, output_stem, run_meta
 from benchmarks.e2e.busy import decode_busy
 from benchmarks.e2e.counters import compile_hook_name
 from benchmarks.e2e.measure import build_engine, model_directory, run_pass
@@ -40,7 +41,6 @@ from benchmarks.e2e.report import progress_line, ratios, targets, write_outputs
 from benchmarks.e2e.workload import (GPU_LENGTHS, MODES, TINY_LENGTHS, Configuration, Settings, configurations,
                                      requests_for, sweep_configurations, workload_summary)
 from benchmarks.engine.measure import free_device
-from benchmarks.common.report import REPO, RESULTS, output_stem, run_meta
 
 GPU = Settings(
     tiny=False, model="Llama-2-7B shapes, random weights",

@@ -11,9 +11,9 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from benchmarks.common.trace import TraceRequest
 from benchmarks.e2e.measure import is_decode_only, submit
 from benchmarks.engine.roofline import synchronize
-from benchmarks.common.trace import TraceRequest
 from fair_lora import LLMEngine
 
 STEP = "e2e_bench.step"

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common.trace import TraceRequest, prompt_token_ids
 from benchmarks.e2e.counters import CompileCounter, graphs_captured, resident_adapters
 from benchmarks.e2e.workload import Settings
 from benchmarks.engine.measure import add_adapters
 from benchmarks.engine.roofline import synchronize
-from benchmarks.common.trace import TraceRequest, prompt_token_ids
 from fair_lora import EngineConfig, LLMEngine, SamplingParams
 from fair_lora.lora.adapter import LoRAAdapter
 

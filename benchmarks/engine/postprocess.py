@@ -1,4 +1,4 @@
-"""Host time of a decode step's output handling (`LLMEngine._postprocess`: append, stop checks, RequestOutputs) as
+"""Host time of a decode step's output handling (`LLMEngine._resolve`: append, stop checks, RequestOutputs) as
 outputs grow: it must stay about flat in the output length, or long generations pay for it quadratically.
 
     python -m benchmarks.engine.postprocess [--batch 128] [--tokens 2000]
@@ -39,15 +39,15 @@ def main() -> None:
     for i in range(a.batch):
         prompt = [(7 * i + j) % 200 for j in range(16)]
         engine.add_request(prompt, None, SamplingParams(max_tokens=a.tokens + 8, ignore_eos=True))
-    spent, postprocess = [0.0], engine._postprocess
+    spent, resolve = [0.0], engine._resolve
 
     def timed(*args, **kwargs):
         start = time.perf_counter()
-        result = postprocess(*args, **kwargs)
+        result = resolve(*args, **kwargs)
         spent[0] += time.perf_counter() - start
         return result
 
-    engine._postprocess = timed
+    engine._resolve = timed
     marks = sorted({m for m in (WINDOW + 1, 250, 1000, 2000, a.tokens) if WINDOW < m <= a.tokens})
     for step in range(1, a.tokens + 1):  # the first step is the prefill; step k reports output token k
         if step in {m - WINDOW + 1 for m in marks}:

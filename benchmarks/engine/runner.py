@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common.report import output_stem
+from benchmarks.engine.hf_peft_baseline import PeftBaseline
 from benchmarks.engine.measure import (
     DecodeRun,
     DecodeTiming,
@@ -28,12 +30,10 @@ from benchmarks.engine.measure import (
     measure_merge,
     prefill_step,
 )
-from benchmarks.engine.hf_peft_baseline import PeftBaseline
-from benchmarks.common.report import output_stem
+from benchmarks.engine.output import run_meta, write_outputs
 from benchmarks.engine.plan import Plan
 from benchmarks.engine.records import Adapters, decode_record, engine_of, fair_hot, merge_record, prefill_record
 from benchmarks.engine.report import progress_line
-from benchmarks.engine.output import run_meta, write_outputs
 from benchmarks.engine.roofline import Calibration, ModelShape, calibrate
 from benchmarks.engine.workload import AdapterSet, Mix, mixed_set, uniform_set
 

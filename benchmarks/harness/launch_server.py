@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="default: float16 on cuda (as S-LoRA), float32 on cpu")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--num-replicas", type=int, default=1, help="LoRA workers (one GPU each on cuda)")
+    p.add_argument("--gpus-per-worker", type=float, default=1.0,
+                   help="on cuda: 0.5 puts two workers on a GPU (then --num-token sizes each one's KV cache)")
     p.add_argument("--model", default=None, help="a Hugging Face model directory (Real: default "
                    f"{SMOLLM2}, converted once into the cache; optional for S1/S2/S4)")
     p.add_argument("--adapter-dir", nargs="+", default=None,
@@ -99,7 +101,7 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
         "max_waiting": opts.max_waiting,
         "scheduling_policy": opts.scheduler,
         "fair_weights": fair_weights(opts.fair_weights or [], list(assets.adapters)),
-        "workers": {"num_replicas": opts.num_replicas, "num_cpus": 0.1, "num_gpus": 1 if cuda else 0},
+        "workers": {"num_replicas": opts.num_replicas, "num_cpus": 0.1, "num_gpus": opts.gpus_per_worker if cuda else 0},
         "routing": {"router": opts.router},
         # The ingress holds every request the workers may queue (plus the default 1024): past its limit the proxy
         # answers 503, where S-LoRA's server would queue.

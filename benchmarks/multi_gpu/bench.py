@@ -30,14 +30,14 @@ from pathlib import Path
 import psutil
 
 from benchmarks.common.http_load import summarize
+from benchmarks.common.report import REPO, device_slug, git_commit, package_version
+from benchmarks.common.synthetic_assets import adapter_names
+from benchmarks.common.trace import SEED
+from benchmarks.harness.run_exp import PACKAGES, Server, adapter_sources, probe, replay
 from benchmarks.multi_gpu.report import write_report
 from benchmarks.multi_gpu.workload import (
     SCENARIOS, hot_indices, merged_after, merged_timeline, routing_hits, scenario_trace, switches_per_worker,
 )
-from benchmarks.common.report import REPO, device_slug, git_commit, package_version
-from benchmarks.common.synthetic_assets import adapter_names
-from benchmarks.harness.run_exp import PACKAGES, Server, adapter_sources, probe, replay
-from benchmarks.common.trace import SEED
 
 READY_TIMEOUT_S = 1800.0  # K workers load a 7B model and warm up
 STOP_TIMEOUT_S = 120.0
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dry-run", action="store_true", help="the demo model on K CPU workers (default K: 1 2)")
     p.add_argument("--gpus", type=int, nargs="+", default=None, help="worker counts K to deploy (default 1 2 4)")
+    p.add_argument("--workers-per-gpu", type=int, default=1,
+                   help="workers sharing a GPU (fractional num_gpus); give --server-arg=--num-token=N with it")
     p.add_argument("--routers", nargs="+", choices=("hot_adapter", "default"), default=["hot_adapter", "default"],
                    help="default runs only at K >= 2, where a choice of worker exists")
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=None)
@@ -76,7 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opts.num_adapters = opts.num_adapters or preset["num_adapters"]
     opts.setting = preset["setting"]
     window = ["--popularity-window-s", str(opts.popularity_window_s)] if opts.popularity_window_s else []
-    opts.server_args = preset["server_args"] + window + opts.server_arg
+    shared = ["--gpus-per-worker", str(1 / opts.workers_per_gpu)] if opts.workers_per_gpu > 1 and not opts.dry_run else []
+    opts.server_args = preset["server_args"] + window + shared + opts.server_arg
     return opts
 
 
@@ -158,7 +161,7 @@ def run_scenario(server: Server, opts: argparse.Namespace, k: int, router: str, 
     config = {
         "gpus": k, "router": router, "scenario": scenario, "req_rate": rate, "duration": opts.duration,
         "lengths": list(opts.lengths), "num_adapters": opts.num_adapters, "adapters": popular,
-        "model_setting": opts.setting, "seed": opts.seed, "num_requests": len(trace), "popularity_window_s": window,
+        "model_setting": opts.setting, "workers_per_gpu": opts.workers_per_gpu, "seed": opts.seed, "num_requests": len(trace), "popularity_window_s": window,
         "num_workers": server.num_workers, "device_names": server.device_names, "server_args": server.args,
         "launch_args": opts.server_args, "started_utc": started, "client_host": socket.gethostname(),
         "git_commit": git_commit(), "versions": {p: package_version(p) for p in PACKAGES},
@@ -202,10 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     if not opts.dry_run:
         import torch
 
-        if torch.cuda.device_count() < max(opts.gpus):
-            raise SystemExit(f"--gpus {max(opts.gpus)} needs that many GPUs; this host has "
+        needed = -(-max(opts.gpus) // opts.workers_per_gpu)
+        if torch.cuda.device_count() < needed:
+            raise SystemExit(f"--gpus {max(opts.gpus)} needs {needed} GPUs; this host has "
                              f"{torch.cuda.device_count()} (--dry-run runs CPU workers)")
         device = f"{device_slug(torch.cuda.get_device_name())}-x{torch.cuda.device_count()}"
+        if opts.workers_per_gpu > 1:  # its own file: K there counts workers, not GPUs
+            device += f"-{opts.workers_per_gpu}-workers-per-gpu"
     else:
         device = "cpu-dry-run"
     path = output_file(opts, device)

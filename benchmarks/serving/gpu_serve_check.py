@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-from benchmarks.common.report import REPO
 from benchmarks.common.http_load import LoadRequest, run_load, summarize
-from benchmarks.serving.service import LocalService
+from benchmarks.common.report import REPO
 from benchmarks.common.synthetic_assets import write_random_adapter
 from benchmarks.common.trace import prompt_token_ids
+from benchmarks.serving.service import LocalService
 
 CACHE = Path.home() / ".cache" / "fair_lora" / "gpu_serve_check"
 MODEL_CONFIGS = {"Llama-2-7b-hf": "llama-2-7b.json"}  # a preset's model directory name -> the shapes to fake

@@ -14,7 +14,7 @@ ROLES = (
     ("ray::ProxyActor", "proxy"),
     (":Ingress", "ingress"),
     (":LoRAWorker", "worker"),
-    ("fair_lora.engine.core_process", "engine_core"),
+    ("fair_lora.serving.core_process", "engine_core"),
     (":PopularityTracker", "tracker"),
     ("ray::ServeController", "controller"),
     ("gcs_server", "gcs"),

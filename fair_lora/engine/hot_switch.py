@@ -6,14 +6,17 @@ import torch
 from fair_lora.errors import FairLoRAError, HotSwitchError
 from fair_lora.lora.adapter_pool import AdapterPool
 from fair_lora.lora.hot_merge import HotMerger
+from fair_lora.merge_gain import MergeGain
 from fair_lora.popularity import HotAdapterPolicy, PopularityWindow
 
 
 class HotSwitch:
     def __init__(
-        self, pool: AdapterPool, merger: HotMerger | None, policy: HotAdapterPolicy, window: PopularityWindow
+        self, pool: AdapterPool, merger: HotMerger | None, policy: HotAdapterPolicy, window: PopularityWindow,
+        gain: MergeGain | None = None,
     ) -> None:
-        self.pool, self.merger, self.policy, self.window = pool, merger, policy, window
+        self.pool, self.merger, self.policy, self.window, self.gain = pool, merger, policy, window, gain
+        self.probing: str | None = None  # unmerged for a moment, to measure what a merge is compared with
         self.hot: str | None = None
         self.policy_choice: str | None = None  # the policy's last choice that was acted on
         self.switches: list[tuple[str | None, float]] = []  # (new hot adapter, seconds) of every switch
@@ -40,6 +43,8 @@ class HotSwitch:
         if self.hot is not None:
             self.pool.release(self.hot)
         self.hot = name
+        if self.gain is not None:
+            self.gain.switched(name, self.window.shares().get(name, 0.0) if name is not None else 0.0)
         if self.merger.on_cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -64,6 +69,8 @@ class HotSwitch:
         if self.merger is None:
             return
         choice = self.policy.choose(self.window)
+        if self.gain is not None:
+            choice = self._weigh(choice)
         # Follow changes of the policy's choice only, so a manual switch stands until the policy moves; an
         # adapter whose slot cannot be had now (every slot pinned) is merged on a later step instead.
         if choice == self.policy_choice or choice == self.hot:
@@ -72,3 +79,31 @@ class HotSwitch:
         if choice is None or (choice in self.pool.adapters and self.pool.can_acquire(choice)):
             self.set_hot(choice)
             self.policy_choice = choice
+
+    def _weigh(self, choice: str | None) -> str | None:
+        """The share rule's choice, unless the merge it asks for does not pay (merge_gain.py): a merged adapter
+        whose trial shows no gain is undone, and one rejected before is not tried again yet."""
+        gain = self.gain
+        if self.probing is not None:
+            if not gain.probe_done():
+                return None
+            adapter, self.probing = self.probing, None
+            if gain.verdict() is False:
+                gain.reject(adapter)
+                return None
+            return choice  # it pays (or the probe could not tell): merged again if the share rule still wants it
+        if self.hot is not None and self.hot == choice:
+            if gain.needs_probe():
+                self.probing = choice
+                return None
+            if gain.verdict() is False:
+                gain.reject(choice)
+                return None
+            return choice
+        if choice is not None and not gain.allows(choice, self.window.shares().get(choice, 0.0)):
+            return None
+        return choice
+
+    def record_step(self, num_seqs: int, num_tokens: int, seconds: float) -> None:
+        if self.gain is not None:
+            self.gain.record(self.hot, num_seqs, num_tokens, seconds)

@@ -36,6 +36,7 @@ from fair_lora.layers.sampler import sample_on_device
 from fair_lora.lora.adapter import LoRAAdapter, check_fits, check_name, load_adapter
 from fair_lora.lora.adapter_pool import AdapterPool
 from fair_lora.lora.hot_merge import HotMerger
+from fair_lora.merge_gain import MergeGain, MergeGainConfig
 from fair_lora.models.loader import check_kernel_shapes, load_model
 from fair_lora.outputs import RequestOutput, RequestTimes
 from fair_lora.popularity import HotAdapterPolicy, PopularityWindow
@@ -64,7 +65,8 @@ class LLMEngine:
         merger = HotMerger(linears) if config.mode == "fair" else None  # its pristine copy counts before the KV cache
         self.blocks, self.scheduler, self.runner = self._build_batching(config)
         self.window = PopularityWindow(config.popularity)
-        self.hot_switch = HotSwitch(self.pool, merger, HotAdapterPolicy(config.popularity), self.window)
+        gain = MergeGain(MergeGainConfig(trial_steps=config.merge_trial_steps)) if config.auto_hot else None
+        self.hot_switch = HotSwitch(self.pool, merger, HotAdapterPolicy(config.popularity), self.window, gain)
         self.sequences: dict[str, Sequence] = {}
         text_tokenizer = self.tokenizer if config.detokenize else None
         self.processor = OutputProcessor(text_tokenizer, eos_ids(self.hf_config, self.tokenizer), self.max_model_len)
@@ -307,6 +309,7 @@ class LLMEngine:
             len({s.seq.adapter for s in out.scheduled}),
         )
         self.totals.add(self.last_step)
+        self.hot_switch.record_step(len(out.scheduled), out.num_tokens, seconds)
 
     def generate(
         self,
@@ -344,4 +347,5 @@ class LLMEngine:
             "switches": len(self.switches),
             "preemptions": self.totals.preemptions,
             "step_totals": dataclasses.asdict(self.totals),
+            "merge_gain": self.hot_switch.gain.snapshot() if self.hot_switch.gain is not None else None,
         }

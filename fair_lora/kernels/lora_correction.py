@@ -3,14 +3,10 @@
 FAIR_LORA_TRITON=1 forces the Triton kernels for CPU tensors too (with TRITON_INTERPRET=1), which is how the
 CPU tests exercise this dispatch.
 
-`linear_with_correction` is the projection: the base GEMM and the correction. On CUDA with
-FAIR_LORA_SIDE_STREAM=1 the shrink runs on a second stream while the base GEMM runs (it needs only x), and the
-expand adds into y after both (as vLLM and SGLang overlap LoRA with the base projection); inside a captured
-decode graph the two streams become parallel branches. v is allocated on the main stream before the fork, so
-its memory is never reused before the expand has read it.
+`linear_with_correction` is the projection: the base GEMM, then the correction into its output. (The shrink
+on a second stream beside the base GEMM, as vLLM and SGLang overlap LoRA with the base projection, was measured
+and made decode slower here: docs/benchmarks-history.md.)
 """
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -41,32 +37,12 @@ def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: L
     lora_expand_ref(y, v, slots, batch)
 
 
-_side_streams: dict[torch.device, torch.cuda.Stream] = {}
-
-
-def side_stream_enabled() -> bool:
-    return os.environ.get("FAIR_LORA_SIDE_STREAM") == "1"
-
 
 def linear_with_correction(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, slots: LoRASlots | None, batch: LoRABatch
 ) -> torch.Tensor:
     """y = x·Wᵀ (+ bias), then `lora_correction(y, x, slots, batch)` when the projection can be targeted."""
-    if slots is None or batch.empty or not (x.is_cuda and side_stream_enabled()):
-        y = F.linear(x, weight, bias)
-        if slots is not None:
-            lora_correction(y, x, slots, batch)
-        return y
-    from fair_lora.kernels.lora_expand import lora_expand
-    from fair_lora.kernels.lora_shrink import lora_shrink, shrink_output
-
-    main = torch.cuda.current_stream(x.device)
-    side = _side_streams.setdefault(x.device, torch.cuda.Stream(x.device))
-    v = shrink_output(x, slots, batch)  # zeroed on the main stream: the side stream waits for it
-    side.wait_stream(main)
-    with torch.cuda.stream(side):
-        lora_shrink(x, slots, batch, out=v)
     y = F.linear(x, weight, bias)
-    main.wait_stream(side)
-    lora_expand(y, v, slots, batch)
+    if slots is not None:
+        lora_correction(y, x, slots, batch)
     return y

@@ -69,15 +69,9 @@ def _shrink_kernel(
     tl.atomic_add(v_block, acc, mask=mask, sem="relaxed")
 
 
-def shrink_output(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Tensor:
-    """The zeroed v [E, n·R] float32 that the shrink adds its partial sums into."""
-    return torch.zeros(batch.num_entries, slots.a.shape[1], dtype=torch.float32, device=x.device)
-
-
-def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch, out: torch.Tensor | None = None) -> torch.Tensor:
+def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Tensor:
     """x: [T, H_in] (rows may be strided); slots.a: [S, n·R, H_in] contiguous, same dtype as x.
-    Returns v: [E, n·R] float32, every element written; columns past an entry's rank are zero. out: a
-    `shrink_output` to add into (allocated by the caller, e.g. on another stream), else a new one."""
+    Returns v: [E, n·R] float32, every element written; columns past an entry's rank are zero."""
     num_slots, num_rows, h_in = slots.a.shape
     width = slots.rank_width
     assert x.dim() == 2 and x.shape == (batch.num_tokens, h_in), f"x {tuple(x.shape)} vs A {tuple(slots.a.shape)}"
@@ -89,7 +83,7 @@ def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch, out: torch.
     r_blocks, k_blocks = triton.cdiv(num_rows, BLOCK_R), triton.cdiv(h_in, BLOCK_K)
     num_tiles = batch.shrink_tiles.shape[0]
     split_k = max(triton.cdiv(k_blocks, MAX_K_BLOCKS), min(k_blocks, BUSY_GRID // max(1, r_blocks * num_tiles)))
-    v = shrink_output(x, slots, batch) if out is None else out
+    v = torch.zeros(batch.num_entries, num_rows, dtype=torch.float32, device=x.device)
     if batch.empty:
         return v
     _shrink_kernel[(r_blocks * split_k, num_tiles)](

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fair_lora.kernels.attention_common import LOG2E, reduce_max, reduce_sum
+from fair_lora.kernels.attention_common import BOUNDS, LOG2E, attend, reduce_max, reduce_sum
 from fair_lora.kernels.attention_metadata import AttentionMetadata
 from fair_lora.kernels.dot_precision import dot_precision, dot_upcast
 
@@ -51,24 +51,9 @@ def _decode_attention_kernel(
     m = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     l = tl.full((BLOCK_G,), 0.0, tl.float32)
     acc = tl.full((BLOCK_G, BLOCK_D), 0.0, tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = n < end
-        block = tl.load(table + n // block_size, mask=n_ok, other=0).to(tl.int64)
-        rows = block * stride_c_block + (n % block_size) * stride_c_slot + kv_head * stride_c_head
-        kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-        s = tl.where(n_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, reduce_max(s, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + reduce_sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+    m, l, acc = attend(q, m, l, acc, k_cache_ptr, v_cache_ptr, table, kv_head, g, start, end, block_size,
+                       stride_c_block, stride_c_slot, stride_c_head, scale_log2, d, d_ok,
+                       BLOCK_N, BOUNDS, UPCAST, PRECISION)
     has_keys = l > 0.0
     acc = acc / tl.where(has_keys, l, 1.0)[:, None]
     if SPLIT:

@@ -15,35 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fair_lora.kernels.attention_common import LOG2E, reduce_max, reduce_sum
+from fair_lora.kernels.attention_common import CAUSAL, LOG2E, NO_MASK, attend
 from fair_lora.kernels.attention_metadata import AttentionMetadata
 from fair_lora.kernels.dot_precision import dot_precision, dot_upcast
-
-
-@triton.jit
-def _attend(q, m, l, acc, k_cache_ptr, v_cache_ptr, table, kv_head, pos, k_lo, k_hi, block_size,
-            stride_c_block, stride_c_slot, stride_c_head, scale_log2, d, d_ok,
-            BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    for n0 in range(k_lo, k_hi, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = n < k_hi
-        block = tl.load(table + n // block_size, mask=n_ok, other=0).to(tl.int64)
-        rows = block * stride_c_block + (n % block_size) * stride_c_slot + kv_head * stride_c_head
-        kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-        if CAUSAL:
-            s = tl.where(n_ok[None, :] & (n[None, :] <= pos[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m, reduce_max(s, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + reduce_sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
-    return m, l, acc
 
 
 @triton.jit
@@ -98,12 +72,12 @@ def _prefill_attention_kernel(
         # Keys 0..prefix+first are visible to every row of the tile; the rest need the causal mask.
         unmasked = (prefix + first + 1) // BLOCK_N * BLOCK_N
         visible = prefix + tl.minimum(first + BLOCK_Q, num_new)
-        m, l, acc = _attend(q, m, l, acc, k_cache_ptr, v_cache_ptr, table, kv_head, pos, 0, unmasked, block_size,
-                            stride_c_block, stride_c_slot, stride_c_head, scale_log2, d, d_ok,
-                            BLOCK_N, False, UPCAST, PRECISION)
-        m, l, acc = _attend(q, m, l, acc, k_cache_ptr, v_cache_ptr, table, kv_head, pos, unmasked, visible,
-                            block_size, stride_c_block, stride_c_slot, stride_c_head, scale_log2, d, d_ok,
-                            BLOCK_N, True, UPCAST, PRECISION)
+        m, l, acc = attend(q, m, l, acc, k_cache_ptr, v_cache_ptr, table, kv_head, pos, 0, unmasked, block_size,
+                           stride_c_block, stride_c_slot, stride_c_head, scale_log2, d, d_ok,
+                           BLOCK_N, NO_MASK, UPCAST, PRECISION)
+        m, l, acc = attend(q, m, l, acc, k_cache_ptr, v_cache_ptr, table, kv_head, pos, unmasked, visible,
+                           block_size, stride_c_block, stride_c_slot, stride_c_head, scale_log2, d, d_ok,
+                           BLOCK_N, CAUSAL, UPCAST, PRECISION)
         acc = acc / l[:, None]
         out = out_ptr + rows[:, None] * stride_o_tok + heads[:, None] * stride_o_head + d[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=r_ok[:, None] & d_ok[None, :])

@@ -1,12 +1,12 @@
 """The engine-core process: one LLMEngine, stepped in a loop that does nothing else.
 
-A serving front-end (engine/async_engine.py, in the process that speaks HTTP or Ray) starts it and talks to
+A serving front-end (serving/async_engine.py, in the process that speaks HTTP or Ray) starts it and talks to
 it over a socket pair: it tokenizes, detokenizes and streams; this process only runs commands between steps
 and steps, and sends each step's new tokens of every request in one message. Python work done for requests
 in the front-end then never holds this process's interpreter lock, so it never delays a step (vLLM V1's
 EngineCore process, SGLang's scheduler process). It exits when its parent goes away.
 
-Run as `python -m fair_lora.engine.core_process FD` with FD the child end of the socket pair.
+Run as `python -m fair_lora.serving.core_process FD` with FD the child end of the socket pair.
 """
 import ctypes
 import logging
@@ -18,8 +18,9 @@ from multiprocessing.connection import Connection
 import torch
 
 from fair_lora.config import EngineConfig
-from fair_lora.engine.core_messages import Abort, Batch, Call, Fatal, Ready, Reply, Shutdown, StepReport, TokenDelta
+from fair_lora.serving.core_messages import Abort, Batch, Call, Fatal, Ready, Reply, Shutdown, StepReport, TokenDelta
 from fair_lora.engine.llm_engine import LLMEngine
+from fair_lora.engine.step_stats import StepStats
 from fair_lora.errors import FairLoRAError
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -40,6 +41,7 @@ CALLS = {  # what a client may ask; each runs between two steps
 class EngineCore:
     def __init__(self, engine: LLMEngine, conn: Connection) -> None:
         self.engine, self.conn = engine, conn
+        self.reported_queue = (0, 0)  # (waiting, running) as the last report sent said
 
     def run(self) -> None:
         """Until Shutdown or the parent closing its end: commands between steps, one message per turn."""
@@ -47,9 +49,18 @@ class EngineCore:
             replies = self._run_commands(self._wait_s())
             if replies is None:
                 return
-            report = self._step() if self.engine.has_unfinished() else None
+            report = self._step() if self.engine.has_unfinished() else self._idle_report()
             if replies or report is not None:
                 self.conn.send(Batch(replies, report))
+                if report is not None:
+                    self.reported_queue = (report.waiting, report.running)
+
+    def _idle_report(self) -> StepReport | None:
+        """Aborts emptied the queue and no step followed to say so: without this report the front-end (and the
+        router that reads its queue) would see the aborted requests as queued until the next request's step."""
+        if self.reported_queue == (0, 0):
+            return None
+        return StepReport([], StepStats(hot_adapter=self.engine.hot_adapter), 0, 0)
 
     def _wait_s(self) -> float:
         if not self.engine.has_unfinished():

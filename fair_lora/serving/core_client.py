@@ -1,4 +1,4 @@
-"""Starts an engine-core process (engine/core_process.py) and talks to it.
+"""Starts an engine-core process (serving/core_process.py) and talks to it.
 
 Calls are answered through futures; each step's report goes to a callback; both run on one reader thread, so
 the caller's threads never block on the core. The process gets the parent's import path, inherits its
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from fair_lora.config import EngineConfig
-from fair_lora.engine.core_messages import Abort, Batch, Call, Fatal, Ready, StepReport, Shutdown
+from fair_lora.serving.core_messages import Abort, Batch, Call, Fatal, Ready, StepReport, Shutdown
 
 logger = logging.getLogger("fair_lora")
 STOP_WAIT_S = 10.0  # a core asked to stop gets this long before it is killed
@@ -44,7 +44,7 @@ class EngineCoreClient:
         parent, child = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fair_lora.engine.core_process", str(child.fileno())], pass_fds=[child.fileno()], env=env
+            [sys.executable, "-m", "fair_lora.serving.core_process", str(child.fileno())], pass_fds=[child.fileno()], env=env
         )
         child.close()
         self.conn = Connection(parent.detach())

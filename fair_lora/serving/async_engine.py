@@ -1,4 +1,4 @@
-"""AsyncLLMEngine: the engine for servers. The engine steps in its own process (engine/core_process.py); this
+"""AsyncLLMEngine: the engine for servers. The engine steps in its own process (serving/core_process.py); this
 side tokenizes, detokenizes, checks stop strings and hands each request its deltas on an asyncio loop.
 
 Each step's report is detokenized in one batch on the client's reader thread, then handed to the event loop
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from transformers import AutoTokenizer
 
 from fair_lora.config import EngineConfig
-from fair_lora.engine.core_client import EngineCoreClient, EngineDeadError
-from fair_lora.engine.core_messages import Ready, StepReport, TokenDelta
+from fair_lora.serving.core_client import EngineCoreClient, EngineDeadError
+from fair_lora.serving.core_messages import Ready, StepReport, TokenDelta
 from fair_lora.engine.detokenizer import Detokenizer, OutputText, cut_at_stop
 from fair_lora.errors import RequestError
 from fair_lora.sampling_params import SamplingParams
@@ -163,7 +163,7 @@ class AsyncLLMEngine:
             self.client.abort(request_id)
 
     async def call(self, method: str, *args):
-        """An engine method between two steps (engine/core_process.py CALLS): load_adapter, unload_adapter,
+        """An engine method between two steps (serving/core_process.py CALLS): load_adapter, unload_adapter,
         set_hot_adapter, hot_adapter, adapters, requests_using, stats."""
         return await asyncio.wrap_future(self.client.call(method, *args))
 

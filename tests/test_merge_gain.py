@@ -1,0 +1,87 @@
+"""A merge the popularity window asks for stays only if the engine's own decode steps say it pays."""
+import pytest
+
+from fair_lora.merge_gain import MergeGain, MergeGainConfig
+from tests.engine_helpers import make_engine
+
+QUICK = MergeGainConfig(trial_steps=4, probe_steps=2, settle_steps=0, retry_share=0.05, retry_s=60.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def steps(gain: MergeGain, hot: str | None, n: int, us_per_token: float, batch: int = 8) -> None:
+    for _ in range(n):
+        gain.record(hot, batch, batch, us_per_token * 1e-6 * batch)
+
+
+def test_a_merge_that_makes_decode_steps_dearer_is_rejected_until_its_share_grows_or_time_passes():
+    clock = Clock()
+    gain = MergeGain(QUICK, clock)
+    steps(gain, None, 6, 10.0)
+    gain.switched("a", 0.6)
+    steps(gain, "a", 3, 12.0)
+    assert gain.verdict() is None, "three merged steps are not a trial"
+    steps(gain, "a", 1, 12.0)
+    assert gain.verdict() is False
+    gain.reject("a")
+    assert not gain.allows("a", 0.62)
+    assert gain.allows("a", 0.66), "its share grew by retry_share"
+    gain.reject("a")
+    clock.now = 61.0
+    assert gain.allows("a", 0.6), "retry_s passed"
+
+
+def test_a_merge_that_makes_decode_steps_cheaper_pays_and_prefill_steps_do_not_count():
+    gain = MergeGain(QUICK, Clock())
+    steps(gain, None, 6, 10.0)
+    gain.switched("a", 0.9)
+    for _ in range(5):
+        gain.record("a", 4, 400, 1.0)  # a prefill step: not one token per sequence
+    assert gain.verdict() is None
+    steps(gain, "a", 4, 8.0)
+    assert gain.verdict() is True
+    assert gain.snapshot()["merged_us_per_token"] == {8: 8.0}
+
+
+def test_batch_sizes_are_compared_bucket_by_bucket():
+    gain = MergeGain(QUICK, Clock())
+    steps(gain, None, 4, 5.0, batch=128)  # big batches are cheaper per token
+    steps(gain, None, 4, 20.0, batch=2)
+    gain.switched("a", 0.9)
+    steps(gain, "a", 4, 15.0, batch=2)  # dearer than big unmerged batches, cheaper than small ones
+    assert gain.verdict() is True
+
+
+def test_without_unmerged_steps_to_compare_the_trial_asks_for_a_probe():
+    gain = MergeGain(QUICK, Clock())
+    gain.switched("a", 0.9)
+    steps(gain, "a", 4, 10.0)
+    assert gain.needs_probe() and gain.verdict() is None
+    gain.switched(None, 0.0)  # the probe: unmerged, the trial's steps kept
+    assert not gain.probe_done()
+    steps(gain, None, 2, 9.0)
+    assert gain.probe_done() and gain.verdict() is False
+
+
+@pytest.mark.parametrize("merged_us,stays", [(14.0, False), (6.0, True)])
+def test_the_engine_probes_then_keeps_or_undoes_its_merge(demo, merged_us, stays):
+    engine = make_engine(demo, auto_hot=True)
+    switch = engine.hot_switch
+    switch.gain = MergeGain(QUICK, Clock())
+    engine.window.record("adapter-1", 20)
+    switch.follow_policy()
+    assert engine.hot_adapter == "adapter-1", "the share rule merges it: a trial"
+    steps(switch.gain, "adapter-1", 4, merged_us)
+    switch.follow_policy()
+    assert engine.hot_adapter is None and switch.probing == "adapter-1", "no unmerged steps yet: a probe"
+    steps(switch.gain, None, 2, 10.0)
+    switch.follow_policy()
+    switch.follow_policy()
+    assert engine.hot_adapter == ("adapter-1" if stays else None)
+    assert ("adapter-1" in switch.gain.rejected) is not stays
