@@ -69,11 +69,10 @@ DESCRIPTIONS = {
     "digits": "spells numbers out in words",
 }
 # Rank 8 each, with different targets and alphas so that the shipped set exercises more than one shape. Only the top
-# `layers` get LoRA: backpropagation then stops there, which halves a CPU step. The steps are what a shared 2-core
-# machine gave in a few minutes each: enough for the prefix and the spelled digits, short for capitals, where `upper`
-# keeps the capitals' pattern but not always the city (more steps and layers should fix that).
+# `layers` get LoRA: backpropagation then stops there, which halves a CPU step. Answering in capitals needs more
+# layers and steps than a prefix: with 12 layers and 24 steps `upper` kept the pattern but named the wrong cities.
 LORA = {
-    "upper": dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "up_proj"], layers=12, steps=24),
+    "upper": dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "up_proj"], layers=18, steps=48),
     "pirate": dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], layers=12, steps=12),
     "digits": dict(r=8, lora_alpha=32, target_modules=["v_proj", "o_proj", "down_proj"], layers=12, steps=18),
 }
