@@ -96,3 +96,16 @@ def test_the_openai_example_works_as_written(app):
         exec(example.replace(README_HOST, app.removeprefix("http://")), {})  # noqa: S102 - README's own code
     base, pirate = printed.getvalue().splitlines()
     assert "Tokyo" in base and "Arr matey" in pirate, printed.getvalue()
+
+
+def test_launch_server_finds_the_ingress_ports_from_rays_own_replicas(app):
+    """benchmarks/harness/launch_server.py reads the ingress replicas' pids from Ray's actor table of its own cluster,
+    not from the names of every process on the host; here both must find the same ports, and each must answer."""
+    from benchmarks.harness.launch_server import own_direct_ingress_urls
+    from deployments.serve_env import direct_ingress_urls
+
+    wait_for(lambda: timed_get(f"{app}/ready")[0] == 200, timeout=300, what="/ready")
+    own = own_direct_ingress_urls("readme")
+    assert own == direct_ingress_urls("readme")
+    for url in own:
+        assert timed_get(f"{url}/ready")[0] == 200
