@@ -56,15 +56,22 @@ def test_ready_and_models_answer_at_once_while_the_workers_start(app):
     seen = set()
 
     def ready() -> bool:
-        status, took = timed_get(f"{app}/ready")
-        assert took < 5, f"/ready took {took:.1f} s"
-        if status == 503:
+        start = time.monotonic()
+        try:
+            response = httpx.get(f"{app}/ready", timeout=10)
+        except httpx.HTTPError:
+            return False  # the proxy is not listening yet
+        assert time.monotonic() - start < 5, "/ready must answer at once"
+        if response.status_code == 503 and "workers warm" in response.text:  # ours, not the proxy's own 503
             models, took = timed_get(f"{app}/v1/models")
-            assert took < 5 and models in (200, 503), (models, took)
-        seen.add(status)
-        return status == 200
+            assert took < 5 and models in (200, 503), (models, took)  # 200 once one worker of two is up
+            seen.add(503)
+        seen.add(response.status_code)
+        return response.status_code == 200
 
     wait_for(ready, timeout=300, what="/ready to answer 200", interval=0.5)
+    # Whether a 503 shows depends on the race between the proxy learning the route and the workers' start (here the
+    # model is converted already; `serve run` on a fresh cache shows 503 for ~25 s): scripts/measure_start.sh.
     assert 200 in seen
 
 
@@ -100,12 +107,13 @@ def test_the_openai_example_works_as_written(app):
 
 def test_launch_server_finds_the_ingress_ports_from_rays_own_replicas(app):
     """benchmarks/harness/launch_server.py reads the ingress replicas' pids from Ray's actor table of its own cluster,
-    not from the names of every process on the host; here both must find the same ports, and each must answer."""
+    not from the names of every process on the host (which also match another cluster's app of that name): its ports
+    are among the host-wide lookup's, and each answers."""
     from benchmarks.harness.launch_server import own_direct_ingress_urls
     from deployments.serve_env import direct_ingress_urls
 
     wait_for(lambda: timed_get(f"{app}/ready")[0] == 200, timeout=300, what="/ready")
     own = own_direct_ingress_urls("readme")
-    assert own == direct_ingress_urls("readme")
+    assert set(own) <= set(direct_ingress_urls("readme"))
     for url in own:
         assert timed_get(f"{url}/ready")[0] == 200
