@@ -10,9 +10,11 @@ from fair_lora.demo import DemoSpec, make_demo
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 # The Serve app's tests need ray and the HTTP clients; the GPU machine has none of them, and its runs are engine-only.
-collect_ignore_glob = [] if importlib.util.find_spec("ray") else ["test_serve_*.py"]
+NEEDS_RAY = ["test_serve_*.py", "test_call_stream.py", "test_launch_server_real.py", "test_soak.py"]
+NEEDS_CLIENTS = [*NEEDS_RAY, "test_http_validation.py", "test_cli_generate.py"]
+collect_ignore_glob = [] if importlib.util.find_spec("ray") else list(NEEDS_RAY)
 if importlib.util.find_spec("openai") is None:
-    collect_ignore_glob += ["test_serve_*.py", "test_http_validation.py"]
+    collect_ignore_glob += NEEDS_CLIENTS
 
 # Mixed ranks (4, 8, 16), different alphas, one adapter with rsLoRA, one targeting only q/v (DemoSpec default).
 SPEC = DemoSpec(seed=0, num_adapters=6, use_rslora_every=3)
