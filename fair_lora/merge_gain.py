@@ -5,7 +5,8 @@ cheaper depends on the hardware and the rest of the traffic: the cold tokens of 
 corrections (their own adapter and the hot subtraction), so below some share a merge costs more than it saves.
 Where that crossover lies is measured, not assumed (as dLoRA tunes its merge threshold from measured step
 costs): every merge the share rule makes is a trial. Once `trial_steps` decode-only steps ran merged, their
-per-token seconds are compared with those of unmerged decode steps of the same batch-size bucket, measured
+per-token seconds are compared with those of unmerged decode steps of the same batch size and context per
+sequence (attention grows with the context, so later steps cost more whatever is merged), measured
 before the merge or, when there are none, in a probe: `probe_steps` unmerged steps right after the trial. If the
 merged steps are not cheaper, the merge is undone and that adapter is not merged again until its share has grown
 by `retry_share` or `retry_s` have passed; so a merge that does not pay costs one trial, not the whole run.
@@ -50,19 +51,21 @@ class _Rejection:
 class MergeGain:
     config: MergeGainConfig = field(default_factory=MergeGainConfig)
     clock: Clock = time.monotonic
-    unmerged: dict[int, _Cost] = field(default_factory=dict)  # by batch-size bucket
-    trial: dict[int, _Cost] = field(default_factory=dict)  # the current merge's steps, by bucket
+    unmerged: dict[tuple[int, int], _Cost] = field(default_factory=dict)  # by (batch size, context) bucket
+    trial: dict[tuple[int, int], _Cost] = field(default_factory=dict)  # the current merge's steps, by bucket
     trial_share: float = 0.0
     rejected: dict[str, _Rejection] = field(default_factory=dict)
     since_switch: int = 0
 
-    def record(self, hot: str | None, num_seqs: int, num_tokens: int, seconds: float) -> None:
-        """A step the engine ran with `hot` merged; only decode-only steps (one token per sequence) count."""
+    def record(self, hot: str | None, num_seqs: int, num_tokens: int, seconds: float, context: int = 0) -> None:
+        """A step the engine ran with `hot` merged; only decode-only steps (one token per sequence) count.
+        context: the step's sequences' tokens in all; a decode step's attention grows with it, so steps are only
+        compared with steps of similar batch size and context per sequence (both in power-of-two buckets)."""
         self.since_switch += 1
         if num_seqs == 0 or num_tokens != num_seqs or seconds <= 0 or self.since_switch <= self.config.settle_steps:
             return
         costs = self.unmerged if hot is None else self.trial
-        costs.setdefault(_bucket(num_seqs), _Cost()).add(seconds / num_tokens)
+        costs.setdefault((_bucket(num_seqs), _bucket(context // num_seqs)), _Cost()).add(seconds / num_tokens)
 
     def switched(self, hot: str | None, share: float) -> None:
         """The engine merged `hot` (a new trial starts) or restored the base weights (None: the last trial's
@@ -111,8 +114,8 @@ class MergeGain:
 
     def snapshot(self) -> dict:
         return {
-            "unmerged_us_per_token": {b: round(c.value * 1e6, 2) for b, c in sorted(self.unmerged.items())},
-            "merged_us_per_token": {b: round(c.value * 1e6, 2) for b, c in sorted(self.trial.items())},
+            "unmerged_us_per_token": {f"{b}x{c}": round(v.value * 1e6, 2) for (b, c), v in sorted(self.unmerged.items())},
+            "merged_us_per_token": {f"{b}x{c}": round(v.value * 1e6, 2) for (b, c), v in sorted(self.trial.items())},
             "rejected": {a: round(r.share, 3) for a, r in self.rejected.items()},
         }
 

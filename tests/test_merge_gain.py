@@ -15,9 +15,9 @@ class Clock:
         return self.now
 
 
-def steps(gain: MergeGain, hot: str | None, n: int, us_per_token: float, batch: int = 8) -> None:
+def steps(gain: MergeGain, hot: str | None, n: int, us_per_token: float, batch: int = 8, context: int = 100) -> None:
     for _ in range(n):
-        gain.record(hot, batch, batch, us_per_token * 1e-6 * batch)
+        gain.record(hot, batch, batch, us_per_token * 1e-6 * batch, context * batch)
 
 
 def test_a_merge_that_makes_decode_steps_dearer_is_rejected_until_its_share_grows_or_time_passes():
@@ -46,15 +46,18 @@ def test_a_merge_that_makes_decode_steps_cheaper_pays_and_prefill_steps_do_not_c
     assert gain.verdict() is None
     steps(gain, "a", 4, 8.0)
     assert gain.verdict() is True
-    assert gain.snapshot()["merged_us_per_token"] == {8: 8.0}
+    assert gain.snapshot()["merged_us_per_token"] == {"8x128": 8.0}
 
 
-def test_batch_sizes_are_compared_bucket_by_bucket():
+def test_batch_sizes_and_contexts_are_compared_bucket_by_bucket():
     gain = MergeGain(QUICK, Clock())
     steps(gain, None, 4, 5.0, batch=128)  # big batches are cheaper per token
     steps(gain, None, 4, 20.0, batch=2)
+    steps(gain, None, 4, 30.0, batch=2, context=1000)  # longer contexts dearer
     gain.switched("a", 0.9)
     steps(gain, "a", 4, 15.0, batch=2)  # dearer than big unmerged batches, cheaper than small ones
+    assert gain.verdict() is True
+    steps(gain, "a", 8, 25.0, batch=2, context=1000)  # cheaper than unmerged steps of its own context
     assert gain.verdict() is True
 
 

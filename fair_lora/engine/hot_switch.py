@@ -104,6 +104,6 @@ class HotSwitch:
             return None
         return choice
 
-    def record_step(self, num_seqs: int, num_tokens: int, seconds: float) -> None:
+    def record_step(self, num_seqs: int, num_tokens: int, seconds: float, context: int) -> None:
         if self.gain is not None:
-            self.gain.record(self.hot, num_seqs, num_tokens, seconds)
+            self.gain.record(self.hot, num_seqs, num_tokens, seconds, context)

@@ -309,7 +309,8 @@ class LLMEngine:
             len({s.seq.adapter for s in out.scheduled}),
         )
         self.totals.add(self.last_step)
-        self.hot_switch.record_step(len(out.scheduled), out.num_tokens, seconds)
+        context = sum(s.seq.num_computed for s in out.scheduled)  # launched: num_computed already counts this step
+        self.hot_switch.record_step(len(out.scheduled), out.num_tokens, seconds, context)
 
     def generate(
         self,
