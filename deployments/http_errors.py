@@ -88,8 +88,12 @@ async def http_error_handler(_: Request, error: Exception) -> JSONResponse:
     return to_http_error(error).response()
 
 
-async def validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
+async def validation_error_handler(request: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0] if error.errors() else {}
+    if tuple(first.get("loc", ())) == ("body",) and "json" not in request.headers.get("content-type", ""):
+        # Without that header the body reaches validation as text, and pydantic's message says nothing of why.
+        return HTTPError(400, "the body must be a JSON object sent with the header 'content-type: application/json' "
+                              f"(this request's content-type: {request.headers.get('content-type') or 'none'})").response()
     if first.get("type") == "json_invalid":  # its loc holds the character offset, which names no field
         offset = next((part for part in first.get("loc", ()) if isinstance(part, int)), None)
         where = f" at character {offset}" if offset is not None else ""

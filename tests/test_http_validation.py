@@ -306,3 +306,10 @@ def test_invalid_json_names_no_param_and_says_where_it_broke(client):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] is None and "not valid JSON" in error["message"] and "character 25" in error["message"]
+
+
+def test_a_json_body_without_its_content_type_is_told_which_header_it_lacks(client):
+    for headers in ({}, {"content-type": "application/x-www-form-urlencoded"}):
+        response = client.post("/v1/load_lora_adapter", content='{"lora_name": "m"}', headers=headers)
+        assert response.status_code == 400, response.text
+        assert "content-type: application/json" in response.json()["error"]["message"]
