@@ -13,7 +13,7 @@ import time
 from collections import Counter
 
 from deployments.worker_protocol import Assignment, WorkerReport
-from fair_lora.popularity import PopularityConfig, PopularityWindow, WorkerPlanner
+from fair_lora.hot_adapter.popularity import PopularityConfig, PopularityWindow, WorkerPlanner
 
 ADOPTION_WAIT_S = 5.0  # the longest a new tracker waits for every worker's first report before it plans anyway
 

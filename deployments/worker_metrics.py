@@ -3,8 +3,8 @@ application tags) and in the replica's LiveMetrics, which the ingress's GET /met
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from deployments.live_metrics import LiveMetrics
+from fair_lora.hot_adapter.popularity import BASE_KEY
 from fair_lora.serving.core_messages import StepReport
-from fair_lora.popularity import BASE_KEY
 
 LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 MERGE_BOUNDARIES = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]

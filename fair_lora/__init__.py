@@ -15,8 +15,8 @@ from fair_lora.errors import (
     RequestError,
     UnknownAdapterError,
 )
+from fair_lora.hot_adapter.popularity import PopularityConfig
 from fair_lora.outputs import RequestOutput
-from fair_lora.popularity import PopularityConfig
 from fair_lora.sampling_params import SamplingParams
 
 __all__ = [

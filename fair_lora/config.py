@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fair_lora.popularity import PopularityConfig
+from fair_lora.hot_adapter.popularity import PopularityConfig
 
 MODES = ("fair", "slora")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,7 +41,7 @@ class EngineConfig:
     warmup: bool = True  # on CUDA, compile kernels, capture graphs and load adapter slots before serving
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     # auto_hot merges are trials: kept only if this many merged decode steps cost less per token than unmerged ones
-    # (merge_gain.py); 0: every merge the popularity window asks for stays.
+    # (hot_adapter/merge_gain.py); 0: every merge the popularity window asks for stays.
     merge_trial_steps: int = 32
     auto_hot: bool = True  # fair mode: the engine's own window picks the hot adapter; False: set_hot_adapter only
     detokenize: bool = True  # False: outputs carry token ids only, no text, no stop strings (a front-end does them)

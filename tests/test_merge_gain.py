@@ -1,7 +1,7 @@
 """A merge the popularity window asks for stays only if the engine's own decode steps say it pays."""
 import pytest
 
-from fair_lora.merge_gain import MergeGain, MergeGainConfig
+from fair_lora.hot_adapter.merge_gain import MergeGain, MergeGainConfig
 from tests.engine_helpers import make_engine
 
 QUICK = MergeGainConfig(trial_steps=4, probe_steps=2, settle_steps=0, retry_share=0.05, retry_s=60.0)

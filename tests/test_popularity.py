@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from fair_lora.popularity import HotAdapterPolicy, PopularityConfig, PopularityWindow, WorkerPlanner
+from fair_lora.hot_adapter.popularity import HotAdapterPolicy, PopularityConfig, PopularityWindow, WorkerPlanner
 
 
 class FakeClock:

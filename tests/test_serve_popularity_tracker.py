@@ -4,7 +4,7 @@ import asyncio
 from deployments import popularity_tracker
 from deployments.popularity_tracker import PopularityTracker
 from deployments.worker_protocol import WorkerReport
-from fair_lora.popularity import PopularityConfig
+from fair_lora.hot_adapter.popularity import PopularityConfig
 
 
 def sync(actor, rank: int, world: int, hot: str | None):

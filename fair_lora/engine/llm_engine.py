@@ -13,10 +13,9 @@ import torch
 from fair_lora.config import EngineConfig
 from fair_lora.engine.block_manager import BlockManager
 from fair_lora.engine.decode_graphs import MAX_BATCH, DecodeGraphs
-from fair_lora.engine.hot_switch import HotSwitch
+from fair_lora.engine.launched_step import LaunchedStep
 from fair_lora.engine.memory_plan import plan_memory
 from fair_lora.engine.model_assets import eos_ids, load_tokenizer, resolve_assets
-from fair_lora.engine.launched_step import LaunchedStep
 from fair_lora.engine.model_runner import ModelRunner, PendingTokens
 from fair_lora.engine.output_processor import OutputProcessor
 from fair_lora.engine.policy import make_policy
@@ -32,16 +31,16 @@ from fair_lora.errors import (
     QueueFullError,
     RequestError,
 )
+from fair_lora.hot_adapter.merge_gain import MergeGain, MergeGainConfig
+from fair_lora.hot_adapter.popularity import HotAdapterPolicy, PopularityWindow
+from fair_lora.hot_adapter.switch import HotSwitch
 from fair_lora.layers.sampler import sample_on_device
 from fair_lora.lora.adapter import LoRAAdapter, check_fits, check_name, load_adapter
 from fair_lora.lora.adapter_pool import AdapterPool
 from fair_lora.lora.hot_merge import HotMerger
-from fair_lora.merge_gain import MergeGain, MergeGainConfig
 from fair_lora.models.loader import check_kernel_shapes, load_model
 from fair_lora.outputs import RequestOutput, RequestTimes
-from fair_lora.popularity import HotAdapterPolicy, PopularityWindow
 from fair_lora.sampling_params import SamplingParams
-
 
 logger = logging.getLogger("fair_lora")
 

@@ -17,8 +17,8 @@ from fair_lora.engine.model_runner import ModelRunner
 from fair_lora.engine.scheduler import ScheduledSeq
 from fair_lora.engine.sequence import Sequence
 from fair_lora.engine.step_stats import StepTotals
+from fair_lora.hot_adapter.popularity import PopularityWindow
 from fair_lora.outputs import RequestTimes
-from fair_lora.popularity import PopularityWindow
 from fair_lora.sampling_params import SamplingParams
 
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from transformers import AutoTokenizer
 
 from fair_lora.config import EngineConfig
-from fair_lora.serving.core_client import EngineCoreClient, EngineDeadError
-from fair_lora.serving.core_messages import Ready, StepReport, TokenDelta
 from fair_lora.engine.detokenizer import Detokenizer, OutputText, cut_at_stop
 from fair_lora.errors import RequestError
 from fair_lora.sampling_params import SamplingParams
+from fair_lora.serving.core_client import EngineCoreClient, EngineDeadError
+from fair_lora.serving.core_messages import Ready, StepReport, TokenDelta
 
 
 @dataclass

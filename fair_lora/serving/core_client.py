@@ -16,7 +16,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from fair_lora.config import EngineConfig
-from fair_lora.serving.core_messages import Abort, Batch, Call, Fatal, Ready, StepReport, Shutdown
+from fair_lora.serving.core_messages import Abort, Batch, Call, Fatal, Ready, Shutdown, StepReport
 
 logger = logging.getLogger("fair_lora")
 STOP_WAIT_S = 10.0  # a core asked to stop gets this long before it is killed

@@ -18,10 +18,10 @@ from multiprocessing.connection import Connection
 import torch
 
 from fair_lora.config import EngineConfig
-from fair_lora.serving.core_messages import Abort, Batch, Call, Fatal, Ready, Reply, Shutdown, StepReport, TokenDelta
 from fair_lora.engine.llm_engine import LLMEngine
 from fair_lora.engine.step_stats import StepStats
 from fair_lora.errors import FairLoRAError
+from fair_lora.serving.core_messages import Abort, Batch, Call, Fatal, Ready, Reply, Shutdown, StepReport, TokenDelta
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 IDLE_POLL_S = 1.0  # an idle core blocks on its socket; this only bounds how long between liveness checks

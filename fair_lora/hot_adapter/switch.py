@@ -4,10 +4,10 @@ import time
 import torch
 
 from fair_lora.errors import FairLoRAError, HotSwitchError
+from fair_lora.hot_adapter.merge_gain import MergeGain
+from fair_lora.hot_adapter.popularity import HotAdapterPolicy, PopularityWindow
 from fair_lora.lora.adapter_pool import AdapterPool
 from fair_lora.lora.hot_merge import HotMerger
-from fair_lora.merge_gain import MergeGain
-from fair_lora.popularity import HotAdapterPolicy, PopularityWindow
 
 
 class HotSwitch:
