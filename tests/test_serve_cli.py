@@ -1,8 +1,9 @@
-"""`serve run serve_config.yaml`, as a user starts it, answers the official openai client.
+"""`serve run configs/cpu_demo.yaml` (the demo preset), as a user starts it, answers the official openai client like
+the offline engine on the same demo model (serve_config.yaml, the real model, is test_serve_readme.py's).
 
 It runs first among the serve tests (file order) and starts its own Ray through the CLI, in a subprocess
-that the test stops with SIGTERM (which also stops the cluster it started). The config is serve_config.yaml
-with only its HTTP port changed to a free one: port 8000 may belong to another app on this machine."""
+that the test stops with SIGTERM (which also stops the cluster it started). The config is the preset with only
+its HTTP port changed to a free one: port 8000 may belong to another app on this machine."""
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ ROOT = Path(__file__).parents[1]
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     demo_dir = tmp_path_factory.mktemp("cli_demo")
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs" / "cpu_demo.yaml").read_text())
     config["http_options"]["port"] = port = free_port()
     config_path = tmp_path_factory.mktemp("cli_config") / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
