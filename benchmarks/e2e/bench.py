@@ -8,7 +8,14 @@ prompt 128, output 128) at alpha 0.02, 0.1, 0.5, 1, and S-LoRA's length "mix" (i
 [8, 512)). Each configuration gets its own engine: start-up (timed: constructor, adapters, warm_up()), a cold
 pass, a warm pass of the same requests, then a profiled window of decode steps (GPU-busy fraction). Writes
 e2e_<date>_<gpu>.json, .md and .png into --out, rewritten after every configuration; prints a line per
-configuration and pass, with an ETA. The JSON's "ratios" and "targets" are the six goals.
+configuration and pass, with an ETA. The JSON's "ratios" and "targets" are the goals: the six at alpha 0.02 and 1
+and the hot-share sweep's four.
+
+The hot-share sweep (--sweep): base, fair and slora at alpha 0.02 and 1, then fair and slora at top-adapter shares
+1, 0.98, 0.8, 0.6 and 0.3 (alpha drawn from the share), each reporting its distinct adapters; the plot adds
+tokens/s over base's against the share. About 15 configurations: on an H100 with --requests 256 the first 13 fit
+4.2 minutes. --hot-shares picks other shares.
+    python -m benchmarks.e2e --sweep --out DIR
 
 GPU run. The default is 12 configurations: every mode at the four alphas with fixed lengths, and the length mix
 at alpha 0.02 only. The first configuration takes longest (it draws the adapters and compiles the kernels) and
