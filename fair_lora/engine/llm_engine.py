@@ -19,6 +19,7 @@ from fair_lora.engine.model_assets import eos_ids, load_tokenizer, resolve_asset
 from fair_lora.engine.model_runner import ModelRunner, PendingTokens
 from fair_lora.engine.output_processor import OutputProcessor
 from fair_lora.engine.policy import make_policy
+from fair_lora.engine.prompt_checks import check_prompt
 from fair_lora.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from fair_lora.engine.sequence import Sequence
 from fair_lora.engine.step_isolation import StepIsolation
@@ -184,7 +185,7 @@ class LLMEngine:
         if params.stop and not self.config.detokenize:
             raise RequestError("this engine does not detokenize (detokenize=False): check stop strings on its outputs")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        self._check_prompt(ids, params)
+        check_prompt(ids, params, self.model.args.vocab_size, self.max_model_len, self.blocks)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.sequences:
             raise RequestError(f"request_id {request_id!r} is already in use")
@@ -196,20 +197,6 @@ class LLMEngine:
         self.scheduler.add(seq)
         self.window.record(adapter)
         return request_id
-
-    def _check_prompt(self, ids: list[int], params: SamplingParams) -> None:
-        if not all(isinstance(t, int) and 0 <= t < self.model.args.vocab_size for t in ids):
-            raise RequestError(f"prompt token ids must be integers in [0, {self.model.args.vocab_size})")
-        if len(ids) + params.max_tokens > self.max_model_len:
-            raise RequestError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of "
-                f"{self.max_model_len} tokens; shorten the prompt or lower max_tokens"
-            )
-        if self.blocks.blocks_for(len(ids) + params.max_tokens) > self.blocks.num_blocks:
-            raise RequestError(
-                f"prompt + max_tokens ({len(ids) + params.max_tokens} tokens) needs more KV cache than the engine "
-                f"has ({self.blocks.num_blocks} blocks of {self.blocks.block_size}); lower max_tokens"
-            )
 
     def abort(self, request_id: str) -> bool:
         seq = self.sequences.pop(request_id, None)
