@@ -172,12 +172,17 @@ def test_correction_op_dispatches_to_triton_and_matches_reference(pattern, num_t
 
 
 @pytest.mark.parametrize("pattern", ["zipf:1.5", "base-mixed", "no-hot"])
-def test_empty_padding_tiles_change_nothing(pattern, monkeypatch):
-    """CUDA-graph buckets pad the tile tables with (0, 0, 0) tiles and entries with zeros: they must be inert."""
+def test_tiles_past_the_real_count_are_never_read(pattern, monkeypatch):
+    """CUDA-graph buckets make the tile tables longer than a step's tiles and leave stale tiles of earlier steps
+    after the real ones (and entries past the real ones); the kernels read `tile_counts`, so the rest is inert
+    even when it points at real entries (read, it would add their correction twice)."""
     _, _, batch, slots, x, y = make_case(pattern, 7, 40, 56, torch.float32)
     ref = reference(y, x, slots, batch)
-    pad = torch.zeros(9, 3, dtype=torch.int32, device=DEVICE)
     extra = 2 * batch.num_tokens - batch.num_entries
+
+    def stale(tiles: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tiles, tiles.repeat(3, 1), torch.zeros(5, 3, dtype=tiles.dtype, device=DEVICE)])
+
     padded = dataclasses.replace(
         batch,
         token_idx=torch.cat([batch.token_idx, torch.zeros(extra, dtype=batch.token_idx.dtype, device=DEVICE)]),
@@ -185,8 +190,8 @@ def test_empty_padding_tiles_change_nothing(pattern, monkeypatch):
         hot_entry_of=torch.cat(
             [batch.hot_entry_of, torch.full((extra,), -1, dtype=batch.hot_entry_of.dtype, device=DEVICE)]
         ),
-        shrink_tiles=torch.cat([batch.shrink_tiles, pad]),
-        expand_tiles=torch.cat([batch.expand_tiles, pad]),
+        shrink_tiles=stale(batch.shrink_tiles),
+        expand_tiles=stale(batch.expand_tiles),
     )
     monkeypatch.setenv("FAIR_LORA_TRITON", "1")
     lora_correction(y, x, slots, padded)

@@ -1,9 +1,9 @@
 """Where a decode step's time goes on the GPU: host phases timed around device syncs, and the profiler's top ops.
 
-    python -m benchmarks.engine.profile_step [--batch 32] [--mix base|hot|cold|slora]
+    python -m benchmarks.engine.profile_step [--batch 32] [--mix base|hot|cold|slora|fair91]
 
 base: no adapters; hot: every request the merged adapter; cold: 10 adapters, the first merged; slora: 10
-adapters, nothing merged. Also times each captured CUDA graph's replay alone (device time of the step).
+adapters, nothing merged; fair91: 91% of requests the merged adapter, every 11th a distinct other one. Also times each captured CUDA graph's replay alone (device time of the step).
 """
 import argparse
 import json
@@ -43,13 +43,15 @@ def timed(label: str, fn, table: dict):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--mix", choices=("base", "hot", "cold", "slora"), default="base")
+    p.add_argument("--mix", choices=("base", "hot", "cold", "slora", "fair91"), default="base")
     a = p.parse_args()
     engine = build(a.batch, "slora" if a.mix in ("base", "slora") else "fair")
     names = [None] * a.batch if a.mix == "base" else [adapter_name(0)] * a.batch
     if a.mix in ("cold", "slora"):
         names = [adapter_name(i % 10) for i in range(a.batch)]
-    if a.mix in ("hot", "cold"):
+    if a.mix == "fair91":
+        names = [adapter_name(0 if i % 11 else 1 + i // 11 % 99) for i in range(a.batch)]
+    if a.mix in ("hot", "cold", "fair91"):
         engine.set_hot_adapter(adapter_name(0))
     for i, name in enumerate(names):
         engine.add_request([(7 * i + j) % 32000 for j in range(256)], name, SamplingParams(max_tokens=64, ignore_eos=True))

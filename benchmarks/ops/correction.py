@@ -1,9 +1,10 @@
 """The LoRA correction (shrink + expand) of one projection, alone, against the base GEMM of the same shape.
 
 Each row builds a pool of 100 rank-16 adapters (Llama-2-7B projection shapes), a decode batch of B tokens with
-an adapter mix, and the batch metadata padded as a CUDA-graph bucket pads it (entries 2B, tiles 2B + slots),
+an adapter mix, and the batch metadata padded as a CUDA-graph bucket pads it (entries to the next power of two,
+at most 2B; tiles to that bucket's worst case, the padding tiles stale copies of real ones),
 then checks the Triton result against the torch reference and times graph replays (20 launches each) of: the base GEMM
-(F.linear), the shrink, the expand, and both. Bytes counted: the distinct adapters' A and B, x once, y read and
+(F.linear), the shrink (with the zeroing of v), the zeroing alone, the expand, and both. Bytes counted: the distinct adapters' A and B, x once, y read and
 written once; "vs GEMM" is the correction's time over the base GEMM's (the share it adds to that projection).
 
 The summary multiplies out a Llama-2-7B step: 32 layers × the four projection groups.
@@ -44,19 +45,29 @@ def token_slots(batch: int, hot_share: float, distinct: int | None, num_slots: i
 
 
 def padded(batch, size: int, num_slots: int):
-    """The batch as DecodeGraphs replays it: entries padded to 2·size, tiles to the bucket's worst case."""
+    """The batch as DecodeGraphs replays it: entries padded to their bucket, tiles to that bucket's worst case.
+    The padding tiles repeat real ones, as a graph's static tables keep earlier steps' tiles past the count."""
+    from fair_lora.engine.decode_graphs import MIN_ENTRY_BUCKET
     from fair_lora.kernels.lora_batch import max_tiles
 
-    e = 2 * size
+    e = MIN_ENTRY_BUCKET
+    while e < batch.num_entries:
+        e *= 2
+    e = min(e, max(2 * size, MIN_ENTRY_BUCKET))
     tiles = max_tiles(e, num_slots, batch.tile_entries)
 
     def pad(t: torch.Tensor, n: int, value) -> torch.Tensor:
         extra = torch.full((n - t.shape[0], *t.shape[1:]), value, dtype=t.dtype, device=t.device)
         return torch.cat([t, extra])
 
+    def stale(t: torch.Tensor) -> torch.Tensor:
+        if not hasattr(batch, "tile_counts") or not len(t):  # kernels that read the whole table: empty tiles
+            return pad(t, tiles, 0)
+        return t.repeat(-(-tiles // len(t)), 1)[:tiles]
+
     return replace(batch, num_tokens=size, token_idx=pad(batch.token_idx, e, 0), scale=pad(batch.scale, e, 0.0),
-                   hot_entry_of=pad(batch.hot_entry_of, e, -1), shrink_tiles=pad(batch.shrink_tiles, tiles, 0),
-                   expand_tiles=pad(batch.expand_tiles, tiles, 0))
+                   hot_entry_of=pad(batch.hot_entry_of, e, -1), shrink_tiles=stale(batch.shrink_tiles),
+                   expand_tiles=stale(batch.expand_tiles))
 
 
 def row(shape: tuple[int, tuple[int, ...]], size: int, mix, args, device, dtype, gen) -> dict:
@@ -92,6 +103,7 @@ def row(shape: tuple[int, tuple[int, ...]], size: int, mix, args, device, dtype,
     out = {"shape": f"{h_in}→{'+'.join(map(str, sizes))}", "B": size, "mix": name, "error": error}
     if device.type == "cuda":
         runs = {"gemm": lambda: F.linear(x, w), "shrink": lambda: lora_shrink(x, slots, static),
+                "zeros": lambda: torch.zeros(v.shape, dtype=v.dtype, device=device),
                 "expand": lambda: lora_expand(y, v, slots, static),
                 "correction": lambda: lora_correction(y, x, slots, static)}
         for key, fn in runs.items():
@@ -132,14 +144,15 @@ def apply(variant: dict[tuple[str, str], str]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| variant | projection | B | mix | GEMM µs | shrink µs | expand µs | correction µs | vs GEMM | GB/s | rel err |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | projection | B | mix | GEMM µs | shrink µs | of it zeros µs | expand µs | correction µs | vs GEMM "
+             "| GB/s | rel err |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "gemm" not in r:
-            lines.append(f"| {r['variant']} | {r['shape']} | {r['B']} | {r['mix']} | - | - | - | - | - | - | {r['error']:.1e} |")
+            lines.append(f"| {r['variant']} | {r['shape']} | {r['B']} | {r['mix']} | - | - | - | - | - | - | - | {r['error']:.1e} |")
             continue
         lines.append(
             f"| {r['variant']} | {r['shape']} | {r['B']} | {r['mix']} | {r['gemm'] * 1e6:.1f} | {r['shrink'] * 1e6:.1f} | "
+            f"{r['zeros'] * 1e6:.1f} | "
             f"{r['expand'] * 1e6:.1f} | {r['correction'] * 1e6:.1f} | {r['correction'] / r['gemm']:.2f} | "
             f"{r['bytes'] / r['correction'] / 1e9:.0f} | {r['error']:.1e} |")
     return "\n".join(lines)

@@ -54,6 +54,7 @@ class DecodeGraphs:
         self.hot_entry_of = new(e)
         tiles = max_tiles(e, num_slots, DECODE_TILE)
         self.shrink_tiles, self.expand_tiles = new(tiles, 3), new(tiles, 3)
+        self.tile_counts = new(2)  # the real tiles of each table: the kernels spread their grids over those
         self.hot_slot = new(1)
         self.logits: torch.Tensor | None = None  # [max_batch, V], written by every replay (allocated at first capture)
         self.graphs: dict[GraphKey, torch.cuda.CUDAGraph] = {}
@@ -105,6 +106,7 @@ class DecodeGraphs:
         self.slot_mapping.fill_(self.scratch_slot)
         self.shrink_tiles.zero_()
         self.expand_tiles.zero_()
+        self.tile_counts.zero_()
         self.graphs[key] = self._capture(key, lora)
 
     def _fill(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, key: GraphKey) -> None:
@@ -126,9 +128,9 @@ class DecodeGraphs:
         self.token_idx[:e].copy_(lora.token_idx)
         self.scale[:e].copy_(lora.scale)
         self.hot_entry_of[:e].copy_(lora.hot_entry_of)
-        for static, real in ((self.shrink_tiles, lora.shrink_tiles), (self.expand_tiles, lora.expand_tiles)):
-            static[: len(real)].copy_(real)
-            static[len(real) : tiles].zero_()  # (first 0, end 0): a tile with no entries
+        self.shrink_tiles[: len(lora.shrink_tiles)].copy_(lora.shrink_tiles)
+        self.expand_tiles[: len(lora.expand_tiles)].copy_(lora.expand_tiles)
+        self.tile_counts.copy_(lora.tile_counts)  # tiles past these counts are never read
 
     def _static_batch(self, key: GraphKey, lora: LoRABatch) -> ForwardBatch:
         size = key.size
@@ -146,7 +148,7 @@ class DecodeGraphs:
             lora = replace(
                 lora, num_tokens=size, token_idx=self.token_idx[:e], scale=self.scale[:e],
                 hot_entry_of=self.hot_entry_of[:e], shrink_tiles=self.shrink_tiles[:tiles],
-                expand_tiles=self.expand_tiles[:tiles], hot_slot_t=self.hot_slot,
+                expand_tiles=self.expand_tiles[:tiles], tile_counts=self.tile_counts, hot_slot_t=self.hot_slot,
             )
         else:
             lora = replace(lora, num_tokens=size)

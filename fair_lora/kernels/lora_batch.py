@@ -34,6 +34,10 @@ class LoRABatch:
     tile_entries: int  # the most entries in one tile
     shrink_tiles: torch.Tensor  # [N_s, 3] int32 (first entry, end entry, slot); every entry in exactly one
     expand_tiles: torch.Tensor  # [N_x, 3] int32, the same for the entries that own an output row
+    # [2] int32 on the device: how many leading rows of shrink_tiles and expand_tiles are real. A CUDA graph's
+    # tables are longer (its bucket's worst case, padding after the real tiles); the kernels read the counts
+    # and spread their grid over the real tiles only, so a step's grid follows the tiles it has.
+    tile_counts: torch.Tensor
 
     @property
     def num_entries(self) -> int:
@@ -50,7 +54,7 @@ class LoRATables:
     num_tokens: int
     token_idx: np.ndarray  # [E] int64
     scale: np.ndarray  # [E] float32
-    int32_tables: tuple[np.ndarray, ...]  # hot_entry_of, the hot slot, shrink tiles, expand tiles: flat int32
+    int32_tables: tuple[np.ndarray, ...]  # hot_entry_of, the hot slot, shrink tiles, expand tiles, tile counts
     seg_start_host: tuple[int, ...]
     seg_slot_host: tuple[int, ...]
     hot_slot: int | None
@@ -88,10 +92,11 @@ def lora_tables(token_slots: np.ndarray, slot_scales: np.ndarray, hot_slot: int 
     expand_ends = seg_start[1:].copy()  # the expand owns the non-hot segments and the hot one's base prefix
     if hot_slot is not None:
         expand_ends[seg_slot == hot_slot] = seg_start[:-1][seg_slot == hot_slot] + num_base
+    shrink_tiles = _tiles(seg_start[:-1], seg_start[1:], seg_slot, tile_entries)
+    expand_tiles = _tiles(seg_start[:-1], expand_ends, seg_slot, tile_entries)
     int32_tables = (
-        _hot_entry_of(idx, slot, len(slots), hot_slot), np.array([hot_slot or 0]),
-        _tiles(seg_start[:-1], seg_start[1:], seg_slot, tile_entries),
-        _tiles(seg_start[:-1], expand_ends, seg_slot, tile_entries),
+        _hot_entry_of(idx, slot, len(slots), hot_slot), np.array([hot_slot or 0]), shrink_tiles, expand_tiles,
+        np.array([len(shrink_tiles), len(expand_tiles)]),
     )
     return LoRATables(
         num_tokens=len(slots), token_idx=idx, scale=scale,
@@ -105,7 +110,7 @@ def lora_batch_on_device(
     tables: LoRATables, token_idx: torch.Tensor, scale: torch.Tensor, int32_tables: torch.Tensor
 ) -> LoRABatch:
     """The batch over device copies of `tables`: token_idx int64, scale float32, and its int32 tables in one."""
-    hot_entry_of, hot_t, shrink, expand = unpack(int32_tables, [len(t) for t in tables.int32_tables])
+    hot_entry_of, hot_t, shrink, expand, counts = unpack(int32_tables, [len(t) for t in tables.int32_tables])
     return LoRABatch(
         num_tokens=tables.num_tokens,
         token_idx=token_idx,
@@ -118,6 +123,7 @@ def lora_batch_on_device(
         tile_entries=tables.tile_entries,
         shrink_tiles=shrink.view(-1, 3),
         expand_tiles=expand.view(-1, 3),
+        tile_counts=counts,
     )
 
 

@@ -17,9 +17,11 @@ over the fused output [T, ΣH_out]: its column blocks are numbered through the s
 block of sub-projection j reads v's columns j·R:(j+1)·R and the slot's rank for j. That halves the launches
 of a decode step, whose correction is bound by latency, not bytes.
 
-Grid (tile, group of H_out blocks). Decode (T <= 256, ~100 adapters, rank 16) is bound by reading each
-distinct B once and by latency, so a program walks a few H_out blocks in a pipelined loop when there are
-enough programs to fill the GPU; prefill (2k tokens, few adapters) is bound by
+Work items are (tile, group of H_out blocks). Decode (T <= 256, ~100 adapters, rank 16) is bound by reading
+each distinct B once and by latency, so a program walks a few H_out blocks in a pipelined loop when there are
+enough items to fill the GPU. The grid is one fixed row of programs (a CUDA graph bakes it in); each program
+reads the batch's real tile count (`batch.tile_counts`) and cuts the work from it, not from the graph bucket's
+padded tile table, and programs past the work exit at once. Prefill (2k tokens, few adapters) is bound by
 the y traffic, read and written once. A program holds the whole padded rank R in one block (R <= 128):
 the loads past a slot's rank are masked, so mixed ranks move only their own bytes; the padding costs only
 multiply-adds on zeros, at most one rank block of them.
@@ -32,7 +34,7 @@ from fair_lora.kernels.dot_precision import dot_precision
 from fair_lora.kernels.lora_batch import LoRABatch
 from fair_lora.kernels.lora_slots import LoRASlots
 
-MIN_GRID = 128  # about one program per SM of an H100/H200; past that a program walks more H_out blocks
+MIN_GRID = 128  # about one program per SM of an H100/H200; past that many items a program walks more blocks
 MAX_BLOCKS_PER_PROGRAM = 4
 BLOCK_N = 128  # H_out columns per block (halved when the rank block is 128 wide, to bound registers)
 
@@ -55,19 +57,24 @@ def _b_block(b_t_ptr, slot, rank, n, n_ok, stride_b_slot, stride_b_rank, BLOCK_R
     return b.to(tl.float32)  # float32 operands: see dot_precision.py
 
 
-# blocks_per_program follows the batch's tile count: unspecialised, so no batch shape compiles its own variant.
-@triton.jit(do_not_specialize=["blocks_per_program"])
+@triton.jit
 def _expand_kernel(
-    y_ptr, v_ptr, b_t_ptr, token_idx_ptr, scale_ptr, hot_entry_of_ptr, tiles_ptr, ranks_ptr, hot_slot_ptr,
-    num_blocks, blocks_per_program, width, num_slots, stride_y, stride_v, stride_b_slot, stride_b_rank,
+    y_ptr, v_ptr, b_t_ptr, token_idx_ptr, scale_ptr, hot_entry_of_ptr, tiles_ptr, counts_ptr, ranks_ptr,
+    hot_slot_ptr, num_blocks, width, num_slots, stride_y, stride_v, stride_b_slot, stride_b_rank,
     size0, size1, size2, start1, start2,
     HAS_HOT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    PRECISION: tl.constexpr,
+    MIN_PROGRAMS: tl.constexpr, MAX_BLOCKS: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    tile, n_group = tl.program_id(0), tl.program_id(1)
-    first = tl.load(tiles_ptr + tile * 3)
-    end = tl.load(tiles_ptr + tile * 3 + 1)
-    slot = tl.load(tiles_ptr + tile * 3 + 2).to(tl.int64)
+    pid = tl.program_id(0)
+    num_tiles = tl.load(counts_ptr + 1)  # the real expand tiles; the table may be longer (graph padding)
+    blocks_per_program = tl.minimum(tl.maximum(num_tiles * num_blocks // MIN_PROGRAMS, 1), MAX_BLOCKS)
+    # The tile is the fastest index: programs that run together read the same hot B columns (L2 hits).
+    tiles = tl.maximum(num_tiles, 1)
+    tile, n_group = pid % tiles, pid // tiles
+    tile_ok = pid < num_tiles * tl.cdiv(num_blocks, blocks_per_program)
+    first = tl.load(tiles_ptr + tile * 3, mask=tile_ok, other=0)
+    end = tl.load(tiles_ptr + tile * 3 + 1, mask=tile_ok, other=0)
+    slot = tl.load(tiles_ptr + tile * 3 + 2, mask=tile_ok, other=0).to(tl.int64)
     e = first + tl.arange(0, BLOCK_E)
     e_ok = e < end
     t = tl.load(token_idx_ptr + e, mask=e_ok, other=0)
@@ -121,14 +128,15 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, slots: LoRASlots, batch: LoRAB
     per_sub = [triton.cdiv(size, block_n) for size in sizes] + [0, 0]
     n_blocks = sum(per_sub)
     num_tiles = batch.expand_tiles.shape[0]
-    blocks_per_program = max(1, min(MAX_BLOCKS_PER_PROGRAM, num_tiles * n_blocks // MIN_GRID))
-    grid = (num_tiles, triton.cdiv(n_blocks, blocks_per_program))
+    # Enough programs for any real tile count up to the table's length (the kernel picks the blocks per
+    # program from the count: fewer than 2·MIN_GRID items at one block each, else the items shrink as they grow).
+    grid = max(2 * MIN_GRID + num_tiles, num_tiles * triton.cdiv(n_blocks, MAX_BLOCKS_PER_PROGRAM))
     padded = list(sizes) + [0] * (3 - len(sizes))
-    _expand_kernel[grid](
-        y, v, slots.b_t, batch.token_idx, batch.scale, batch.hot_entry_of, batch.expand_tiles, slots.ranks,
-        batch.hot_slot_t, n_blocks, blocks_per_program, width, num_slots,
+    _expand_kernel[(grid,)](
+        y, v, slots.b_t, batch.token_idx, batch.scale, batch.hot_entry_of, batch.expand_tiles, batch.tile_counts,
+        slots.ranks, batch.hot_slot_t, n_blocks, width, num_slots,
         y.stride(0), v.stride(0), slots.b_t.stride(0), slots.b_t.stride(1),
         *padded, per_sub[0] if len(sizes) > 1 else n_blocks, per_sub[0] + per_sub[1] if len(sizes) > 2 else n_blocks,
         HAS_HOT=batch.hot_slot is not None, BLOCK_E=batch.tile_entries, BLOCK_N=block_n, BLOCK_R=block_r,
-        PRECISION=dot_precision(slots.b_t.dtype),
+        MIN_PROGRAMS=MIN_GRID, MAX_BLOCKS=MAX_BLOCKS_PER_PROGRAM, PRECISION=dot_precision(slots.b_t.dtype),
     )

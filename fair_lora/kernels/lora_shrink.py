@@ -1,21 +1,23 @@
 """Triton shrink: v[e, :r_s] = x[t_e] · A[s_e, :r_s]ᵀ for every entry e, float32 accumulate (SGMV-style).
 
-Grid (rank block x K split, tile): a tile is a run of at most `batch.tile_entries` entries of one slot, so a
-program reads its slice of one adapter's A once for all its entries while it gathers their rows of x. The
-rank block is the fastest grid axis, so the programs of one tile run side by side and share its x rows in L2.
-A slot's rank is read on the device (`slots.ranks`), so the launch needs no host sync: rank blocks past it
-load nothing and only write zeros, and rank-0 slots (projection not targeted) cost just that. A group of
-projections of the same x (q/k/v, gate/up) stacks their A along the rank, so one launch computes all their v
-columns; each rank block belongs to one sub-projection (R is a multiple of BLOCK_R) and masks by its rank.
+A tile is a run of at most `batch.tile_entries` entries of one slot, so a program reads its slice of one
+adapter's A once for all its entries while it gathers their rows of x. A slot's rank is read on the device
+(`slots.ranks`), so the launch needs no host sync: rank blocks past it load nothing and only write zeros, and
+rank-0 slots (projection not targeted) cost just that. A group of projections of the same x (q/k/v, gate/up)
+stacks their A along the rank, so one launch computes all their v columns; each rank block belongs to one
+sub-projection (R is a multiple of BLOCK_R) and masks by its rank.
 
 A tile is at most 16-32 rows by 16 rank columns, so one program's dot over all of H_in would be a long serial
-chain on one SM, the kernel's latency for a wide H_in. So the wrapper splits H_in over programs (split-K), each
-walking at most MAX_K_BLOCKS blocks, more when the grid is small, and they add their partial sums into a zeroed
-v with float32 atomics. Their order is free, so v may differ in the last bit between runs; with one split each
-element gets one add onto zero and v is exact. One split adds atomically too: the split count follows the
-batch's tile count, and a store-only variant would be a second kernel to compile for some batch shapes after
-the warm-up. The grid counts every tile of a CUDA-graph
-bucket, most of them empty padding; those programs exit at once.
+chain on one SM, the kernel's latency for a wide H_in. So H_in is split over programs (split-K), each walking
+at most MAX_K_BLOCKS blocks, more splits when there are few tiles, and they add their partial sums into a
+zeroed v with float32 atomics. Their order is free, so v may differ in the last bit between runs; with one
+split each element gets one add onto zero and v is exact.
+
+The grid is one fixed row of programs (a CUDA graph bakes it in), but how it is cut follows the tiles present:
+each program reads the batch's real tile count (`batch.tile_counts`), picks the split that spreads those tiles
+over about BUSY_GRID programs, and finds its (tile, rank block, split) from its index; programs past the work
+exit at once. Sized on the host, the split followed the graph bucket's padded tile table, so a decode step
+with a few cold tokens walked long K chains in a fraction of the programs it was launched with.
 """
 import torch
 import triton
@@ -27,22 +29,25 @@ from fair_lora.kernels.lora_slots import LoRASlots
 
 BLOCK_R = 16  # the smallest tl.dot width; mixed ranks pad at most one such block of work
 BLOCK_K = 128
-BUSY_GRID = 512  # programs enough to keep an H100/H200 busy; split H_in until the grid has about this many
+BUSY_GRID = 512  # programs enough to keep an H100/H200 busy; split H_in until the work has about this many
 MAX_K_BLOCKS = 8  # the most H_in blocks one program walks: its serial dot chain bounds the kernel's latency
 
 
-# split_k follows the batch's tile count: unspecialised, so no batch shape compiles a variant of its own.
-@triton.jit(do_not_specialize=["split_k"])
+@triton.jit
 def _shrink_kernel(
-    x_ptr, a_ptr, v_ptr, token_idx_ptr, tiles_ptr, ranks_ptr,
-    h_in, width, num_rows, num_slots, split_k, k_per_split, stride_x, stride_a_slot, stride_a_rank, stride_v,
-    BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr, a_ptr, v_ptr, token_idx_ptr, tiles_ptr, counts_ptr, ranks_ptr,
+    h_in, width, num_rows, num_slots, r_blocks, k_blocks, min_split, stride_x, stride_a_slot, stride_a_rank,
+    stride_v, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BUSY: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    pid, tile = tl.program_id(0), tl.program_id(1)
-    r_block, split = pid // split_k, pid % split_k
-    first = tl.load(tiles_ptr + tile * 3)
-    end = tl.load(tiles_ptr + tile * 3 + 1)
-    slot = tl.load(tiles_ptr + tile * 3 + 2).to(tl.int64)
+    pid = tl.program_id(0)
+    num_tiles = tl.load(counts_ptr)  # the real tiles; the table may be longer (graph padding)
+    split_k = tl.minimum(tl.maximum(BUSY // tl.maximum(r_blocks * num_tiles, 1), min_split), k_blocks)
+    tile, r_block, split = pid // (r_blocks * split_k), pid // split_k % r_blocks, pid % split_k
+    tile_ok = tile < num_tiles
+    first = tl.load(tiles_ptr + tile * 3, mask=tile_ok, other=0)
+    end = tl.load(tiles_ptr + tile * 3 + 1, mask=tile_ok, other=0)
+    slot = tl.load(tiles_ptr + tile * 3 + 2, mask=tile_ok, other=0).to(tl.int64)
     sub = r_block * BLOCK_R // width  # the sub-projection whose rank rows this block reads (width % BLOCK_R == 0)
     rank = tl.load(ranks_ptr + sub * num_slots + slot)
     e = first + tl.arange(0, BLOCK_E)
@@ -54,8 +59,9 @@ def _shrink_kernel(
     a_rows = a_ptr + slot * stride_a_slot + r[:, None] * stride_a_rank
     # Not tl.zeros: a @jit helper, which breaks in the interpreter when triton was imported before TRITON_INTERPRET.
     acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)
+    k_per_split = tl.cdiv(k_blocks, split_k) * BLOCK_K
     k_first = split * k_per_split
-    # No work past the slot's rank, nor for an empty tile (the padding of a CUDA-graph bucket).
+    # No work past the slot's rank, nor for an empty tile or a program past the work.
     active = (r_block * BLOCK_R - sub * width < rank) & (first < end)
     k_end = tl.where(active, tl.minimum(k_first + k_per_split, h_in), k_first)
     for k0 in range(k_first, k_end, BLOCK_K):
@@ -81,15 +87,16 @@ def lora_shrink(x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> torch.Te
     assert width % BLOCK_R == 0 or len(slots.out_sizes) == 1, "a rank block must not straddle sub-projections"
     assert batch.token_idx.device == x.device == slots.a.device == batch.shrink_tiles.device
     r_blocks, k_blocks = triton.cdiv(num_rows, BLOCK_R), triton.cdiv(h_in, BLOCK_K)
-    num_tiles = batch.shrink_tiles.shape[0]
-    split_k = max(triton.cdiv(k_blocks, MAX_K_BLOCKS), min(k_blocks, BUSY_GRID // max(1, r_blocks * num_tiles)))
+    min_split = triton.cdiv(k_blocks, MAX_K_BLOCKS)
+    # Enough programs for every tile the table can hold at the fewest splits, and at least BUSY_GRID.
+    grid = max(BUSY_GRID, r_blocks * min_split * batch.shrink_tiles.shape[0])
     v = torch.zeros(batch.num_entries, num_rows, dtype=torch.float32, device=x.device)
     if batch.empty:
         return v
-    _shrink_kernel[(r_blocks * split_k, num_tiles)](
-        x, slots.a, v, batch.token_idx, batch.shrink_tiles, slots.ranks,
-        h_in, width, num_rows, num_slots, split_k, triton.cdiv(k_blocks, split_k) * BLOCK_K,
+    _shrink_kernel[(grid,)](
+        x, slots.a, v, batch.token_idx, batch.shrink_tiles, batch.tile_counts, slots.ranks,
+        h_in, width, num_rows, num_slots, r_blocks, k_blocks, min_split,
         x.stride(0), slots.a.stride(0), slots.a.stride(1), v.stride(0),
-        BLOCK_E=batch.tile_entries, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, PRECISION=dot_precision(x.dtype),
+        BLOCK_E=batch.tile_entries, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, BUSY=BUSY_GRID, PRECISION=dot_precision(x.dtype),
     )
     return v
