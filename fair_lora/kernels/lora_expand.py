@@ -71,7 +71,7 @@ def _expand_kernel(
     # The tile is the fastest index: programs that run together read the same hot B columns (L2 hits).
     tiles = tl.maximum(num_tiles, 1)
     tile, n_group = pid % tiles, pid // tiles
-    tile_ok = pid < num_tiles * tl.cdiv(num_blocks, blocks_per_program)
+    tile_ok = pid < num_tiles * ((num_blocks + blocks_per_program - 1) // blocks_per_program)
     first = tl.load(tiles_ptr + tile * 3, mask=tile_ok, other=0)
     end = tl.load(tiles_ptr + tile * 3 + 1, mask=tile_ok, other=0)
     slot = tl.load(tiles_ptr + tile * 3 + 2, mask=tile_ok, other=0).to(tl.int64)

@@ -59,7 +59,7 @@ def _shrink_kernel(
     a_rows = a_ptr + slot * stride_a_slot + r[:, None] * stride_a_rank
     # Not tl.zeros: a @jit helper, which breaks in the interpreter when triton was imported before TRITON_INTERPRET.
     acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)
-    k_per_split = tl.cdiv(k_blocks, split_k) * BLOCK_K
+    k_per_split = ((k_blocks + split_k - 1) // split_k) * BLOCK_K
     k_first = split * k_per_split
     # No work past the slot's rank, nor for an empty tile or a program past the work.
     active = (r_block * BLOCK_R - sub * width < rank) & (first < end)
