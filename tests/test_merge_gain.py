@@ -2,6 +2,7 @@
 import pytest
 
 from fair_lora.hot_adapter.merge_gain import MergeGain, MergeGainConfig
+from fair_lora import SamplingParams
 from tests.engine_helpers import make_engine
 
 QUICK = MergeGainConfig(trial_steps=4, probe_steps=2, settle_steps=0, retry_share=0.05, retry_s=60.0)
@@ -13,6 +14,10 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def greedy_params() -> SamplingParams:
+    return SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
 
 
 def steps(gain: MergeGain, hot: str | None, n: int, us_per_token: float, batch: int = 8, context: int = 100) -> None:
@@ -35,6 +40,33 @@ def test_a_merge_that_makes_decode_steps_dearer_is_rejected_until_its_share_grow
     gain.reject("a")
     clock.now = 61.0
     assert gain.allows("a", 0.6), "retry_s passed"
+
+
+def test_a_step_whose_every_sequence_uses_the_rejected_adapter_lifts_the_rejection():
+    """Merged, such a step runs no correction at all: the trial, judged while cold tokens shared every step, says
+    nothing about it. A step of several adapters, or of another one alone, leaves the rejection standing."""
+    gain = MergeGain(QUICK, Clock())
+    steps(gain, None, 6, 10.0)
+    gain.switched("a", 0.98)
+    steps(gain, "a", 4, 10.3)  # cold tokens in every step: about what unmerged costs, a little more
+    assert gain.verdict() is False
+    gain.reject("a")
+    gain.switched(None, 0.0)
+    gain.record(None, 8, 8, 8e-5, 800, sole_adapter=None)
+    assert not gain.allows("a", 0.98)
+    gain.record(None, 8, 8, 8e-5, 800, sole_adapter="b")
+    assert not gain.allows("a", 0.98)
+    gain.record(None, 8, 8, 8e-5, 800, sole_adapter="a")
+    assert gain.allows("a", 0.98) and "a" not in gain.rejected
+
+
+def test_the_engine_reports_a_step_of_one_adapter_as_its_sole_adapter(demo):
+    engine = make_engine(demo, auto_hot=True)
+    seen = []
+    engine.hot_switch.record_step = lambda *args: seen.append(args[-1])
+    engine.generate([[5, 6, 7], [8, 9]], ["adapter-1", "adapter-1"], greedy_params())
+    engine.generate([[5, 6, 7], [8, 9]], ["adapter-1", None], greedy_params())
+    assert "adapter-1" in seen and seen[-1] is None
 
 
 def test_a_merge_that_makes_decode_steps_cheaper_pays_and_prefill_steps_do_not_count():

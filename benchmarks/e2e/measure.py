@@ -125,6 +125,8 @@ def run_pass(engine: LLMEngine, requests: list[TraceRequest], names: list[str]) 
         "graphs_captured": None if graphs is None else graphs_after - graphs,
         "adapters_made_resident": max(resident_adapters(engine) - resident, 0),
         "preemptions": engine.num_preemptions - preemptions,
+        # what the merge-gain trials measured and rejected (auto_hot engines): why a merge stayed or went
+        "merge_gain": engine.stats().get("merge_gain"),
     }
 
 

@@ -26,7 +26,7 @@ def build(batch: int, mode: str) -> LLMEngine:
     engine = LLMEngine(EngineConfig(model=str(model_dir), load_format="dummy", device="cuda", dtype="bfloat16",
                                     mode=mode, auto_hot=False, max_adapter_slots=100, max_lora_rank=16,
                                     max_num_seqs=batch, max_num_batched_tokens=8192, num_kv_blocks=batch * 40,
-                                    warmup=False))
+                                    warmup=False, async_scheduling=False))  # the phases below are timed one by one
     add_adapters(engine, (16,) * 100)
     return engine
 

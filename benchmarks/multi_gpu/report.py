@@ -90,7 +90,7 @@ def markdown(records: list[dict], info: dict, name: str) -> str:
         f"versions: {', '.join(f'{k} {v}' for k, v in info['versions'].items())}",
         f"- setting {c0['model_setting']}, {c0['num_adapters']} adapters, lengths in [{c0['lengths'][0]}, "
         f"{c0['lengths'][1]}), {c0['duration']:g} s of Poisson arrivals at the listed rate, popularity window "
-        f"{c0['popularity_window_s']} s; mode fair; one worker per GPU",
+        f"{c0['popularity_window_s']} s; mode fair; " + _placement(c0.get("workers_per_gpu", 1)),
         "- throughput: output tokens over the time until every request finished (on the GPUs the rate is meant to"
         " overload every K; a CPU dry run checks the mechanics and measures nothing);"
         " hit rate: of the completed requests of the second half whose adapter some worker had merged, the share"
@@ -158,3 +158,9 @@ def write_report(jsonl: Path) -> dict[str, Path]:
     info = summary(records)
     return write_files(jsonl.parent, jsonl.stem, info, markdown(records, info, jsonl.stem),
                        lambda path: plot(records, path))
+
+
+def _placement(workers_per_gpu: int) -> str:
+    if workers_per_gpu <= 1:
+        return "one worker per GPU"
+    return f"{workers_per_gpu} workers share each GPU (num_gpus {1 / workers_per_gpu:g} each; K counts workers)"

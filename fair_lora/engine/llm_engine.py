@@ -290,13 +290,15 @@ class LLMEngine:
 
     def _record_step(self, out: SchedulerOutput, seconds: float) -> None:
         corrected = sum(s.num_new for s in out.scheduled if s.seq.adapter != self.hot_adapter)
+        adapters = {s.seq.adapter for s in out.scheduled}
         self.last_step = StepStats(
             len(out.scheduled), out.num_tokens, corrected, len(out.preempted), self.hot_adapter, seconds,
-            len({s.seq.adapter for s in out.scheduled}),
+            len(adapters),
         )
         self.totals.add(self.last_step)
         context = sum(s.seq.num_computed for s in out.scheduled)  # launched: num_computed already counts this step
-        self.hot_switch.record_step(len(out.scheduled), out.num_tokens, seconds, context)
+        sole = next(iter(adapters)) if len(adapters) == 1 else None
+        self.hot_switch.record_step(len(out.scheduled), out.num_tokens, seconds, context, sole)
 
     def generate(
         self,

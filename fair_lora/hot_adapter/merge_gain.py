@@ -10,6 +10,12 @@ sequence (attention grows with the context, so later steps cost more whatever is
 before the merge or, when there are none, in a probe: `probe_steps` unmerged steps right after the trial. If the
 merged steps are not cheaper, the merge is undone and that adapter is not merged again until its share has grown
 by `retry_share` or `retry_s` have passed; so a merge that does not pay costs one trial, not the whole run.
+
+One case needs no trial: a step whose every sequence uses the rejected adapter. Merged, such a step is a plain
+base-model forward with no correction launched at all, while unmerged it runs the whole correction; a trial
+judged while cold tokens shared every step (where the correction's fixed latency makes merged and unmerged
+steps cost about the same) says nothing about it. So such a step lifts the rejection at once, and the next
+trial sees the steps as they now are.
 """
 import math
 import time
@@ -56,12 +62,18 @@ class MergeGain:
     trial_share: float = 0.0
     rejected: dict[str, _Rejection] = field(default_factory=dict)
     since_switch: int = 0
+    sole_adapter: str | None = None  # the one adapter every sequence of the last step used, if there was one
 
-    def record(self, hot: str | None, num_seqs: int, num_tokens: int, seconds: float, context: int = 0) -> None:
+    def record(
+        self, hot: str | None, num_seqs: int, num_tokens: int, seconds: float, context: int = 0,
+        sole_adapter: str | None = None,
+    ) -> None:
         """A step the engine ran with `hot` merged; only decode-only steps (one token per sequence) count.
         context: the step's sequences' tokens in all; a decode step's attention grows with it, so steps are only
-        compared with steps of similar batch size and context per sequence (both in power-of-two buckets)."""
+        compared with steps of similar batch size and context per sequence (both in power-of-two buckets).
+        sole_adapter: the adapter of every sequence of the step when they all share one, else None."""
         self.since_switch += 1
+        self.sole_adapter = sole_adapter
         if num_seqs == 0 or num_tokens != num_seqs or seconds <= 0 or self.since_switch <= self.config.settle_steps:
             return
         costs = self.unmerged if hot is None else self.trial
@@ -79,7 +91,8 @@ class MergeGain:
         rejection = self.rejected.get(adapter)
         if rejection is None:
             return True
-        if share >= rejection.share + self.config.retry_share or self.clock() - rejection.at >= self.config.retry_s:
+        if (share >= rejection.share + self.config.retry_share or self.clock() - rejection.at >= self.config.retry_s
+                or self.sole_adapter == adapter):
             del self.rejected[adapter]
             return True
         return False

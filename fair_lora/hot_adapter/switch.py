@@ -104,6 +104,8 @@ class HotSwitch:
             return None
         return choice
 
-    def record_step(self, num_seqs: int, num_tokens: int, seconds: float, context: int) -> None:
+    def record_step(
+        self, num_seqs: int, num_tokens: int, seconds: float, context: int, sole_adapter: str | None = None
+    ) -> None:
         if self.gain is not None:
-            self.gain.record(self.hot, num_seqs, num_tokens, seconds, context)
+            self.gain.record(self.hot, num_seqs, num_tokens, seconds, context, sole_adapter)
