@@ -33,7 +33,7 @@ for part in "${parts[@]}"; do
     kernels) python -m benchmarks.ops.correction 2>&1 | tee "$out/correction_bench.log" | grep '^|' ;;
     sweep)  # the grouped expand's tiling (~2 min): pick from the per-step summary at the end
       python -m benchmarks.ops.correction --batches 32,128 --mixes 1,2 --iters 30 \
-        --vary lora_expand.MAX_BLOCKS_PER_PROGRAM=2,4 --vary lora_expand.BLOCK_N=64,128 2>&1 \
+        --vary lora.expand.MAX_BLOCKS_PER_PROGRAM=2,4 --vary lora.expand.BLOCK_N=64,128 2>&1 \
         | tee "$out/expand_sweep.log" | sed -n '/correction per step/,$p' ;;
     merge) python -m benchmarks.ops.merge 2>&1 | tee "$out/merge_bench.log" | tail -8 ;;
     profile)

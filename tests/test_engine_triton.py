@@ -14,7 +14,7 @@ from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, req
 
 
 def test_engine_on_triton_kernels_matches_peft_with_a_hot_adapter(demo, oracle, monkeypatch):
-    from fair_lora.kernels import lora_shrink as shrink_module
+    from fair_lora.kernels.lora import shrink as shrink_module
 
     monkeypatch.setenv("FAIR_LORA_TRITON", "1")
     groups = []

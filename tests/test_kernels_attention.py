@@ -14,15 +14,15 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from fair_lora.kernels import kv_cache_write as kv_cache_write_module  # noqa: E402
-from fair_lora.kernels import paged_decode_attention as decode_module  # noqa: E402
-from fair_lora.kernels import prefill_attention as prefill_module  # noqa: E402
-from fair_lora.kernels.attention_metadata import AttentionMetadata  # noqa: E402
-from fair_lora.kernels.kv_cache_write import kv_cache_write  # noqa: E402
-from fair_lora.kernels.paged_attention import paged_attention, write_kv_cache  # noqa: E402
-from fair_lora.kernels.paged_attention_ref import paged_attention_ref, write_kv_cache_ref  # noqa: E402
-from fair_lora.kernels.paged_decode_attention import paged_decode_attention  # noqa: E402
-from fair_lora.kernels.prefill_attention import prefill_attention  # noqa: E402
+from fair_lora.kernels.attention import kv_cache_write as kv_cache_write_module  # noqa: E402
+from fair_lora.kernels.attention import decode as decode_module  # noqa: E402
+from fair_lora.kernels.attention import prefill as prefill_module  # noqa: E402
+from fair_lora.kernels.attention.metadata import AttentionMetadata  # noqa: E402
+from fair_lora.kernels.attention.kv_cache_write import kv_cache_write  # noqa: E402
+from fair_lora.kernels.attention.paged_attention import paged_attention, write_kv_cache  # noqa: E402
+from fair_lora.kernels.attention.paged_attention_ref import paged_attention_ref, write_kv_cache_ref  # noqa: E402
+from fair_lora.kernels.attention.decode import paged_decode_attention  # noqa: E402
+from fair_lora.kernels.attention.prefill import prefill_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16]

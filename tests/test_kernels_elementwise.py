@@ -17,16 +17,16 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from fair_lora.kernels import elementwise  # noqa: E402
-from fair_lora.kernels import rms_norm as rms_norm_module  # noqa: E402
-from fair_lora.kernels import rotary_embedding as rotary_module  # noqa: E402
-from fair_lora.kernels import silu_and_mul as silu_module  # noqa: E402
-from fair_lora.kernels.rms_norm import fused_add_rms_norm  # noqa: E402
-from fair_lora.kernels.rms_norm_ref import fused_add_rms_norm_ref  # noqa: E402
-from fair_lora.kernels.rotary_embedding import rotary_embedding  # noqa: E402
-from fair_lora.kernels.rotary_embedding_ref import rotary_embedding_ref  # noqa: E402
-from fair_lora.kernels.silu_and_mul import silu_and_mul  # noqa: E402
-from fair_lora.kernels.silu_and_mul_ref import silu_and_mul_ref  # noqa: E402
+from fair_lora.kernels.elementwise import ops as elementwise  # noqa: E402
+from fair_lora.kernels.elementwise import rms_norm as rms_norm_module  # noqa: E402
+from fair_lora.kernels.elementwise import rotary_embedding as rotary_module  # noqa: E402
+from fair_lora.kernels.elementwise import silu_and_mul as silu_module  # noqa: E402
+from fair_lora.kernels.elementwise.rms_norm import fused_add_rms_norm  # noqa: E402
+from fair_lora.kernels.elementwise.rms_norm_ref import fused_add_rms_norm_ref  # noqa: E402
+from fair_lora.kernels.elementwise.rotary_embedding import rotary_embedding  # noqa: E402
+from fair_lora.kernels.elementwise.rotary_embedding_ref import rotary_embedding_ref  # noqa: E402
+from fair_lora.kernels.elementwise.silu_and_mul import silu_and_mul  # noqa: E402
+from fair_lora.kernels.elementwise.silu_and_mul_ref import silu_and_mul_ref  # noqa: E402
 from fair_lora.layers.rotary import RotaryEmbedding  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

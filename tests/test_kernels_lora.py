@@ -15,15 +15,15 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from fair_lora.kernels import lora_expand as lora_expand_module  # noqa: E402
-from fair_lora.kernels import lora_shrink as lora_shrink_module  # noqa: E402
-from fair_lora.kernels.lora_batch import LoRABatch, build_lora_batch  # noqa: E402
-from fair_lora.kernels.lora_correction import lora_correction  # noqa: E402
-from fair_lora.kernels.lora_expand import lora_expand  # noqa: E402
-from fair_lora.kernels.lora_expand_ref import lora_expand_ref  # noqa: E402
-from fair_lora.kernels.lora_shrink import lora_shrink  # noqa: E402
-from fair_lora.kernels.lora_shrink_ref import lora_shrink_ref  # noqa: E402
-from fair_lora.kernels.lora_slots import LoRASlots  # noqa: E402
+from fair_lora.kernels.lora import expand as lora_expand_module  # noqa: E402
+from fair_lora.kernels.lora import shrink as lora_shrink_module  # noqa: E402
+from fair_lora.kernels.lora.batch import LoRABatch, build_lora_batch  # noqa: E402
+from fair_lora.kernels.lora.correction import lora_correction  # noqa: E402
+from fair_lora.kernels.lora.expand import lora_expand  # noqa: E402
+from fair_lora.kernels.lora.expand_ref import lora_expand_ref  # noqa: E402
+from fair_lora.kernels.lora.shrink import lora_shrink  # noqa: E402
+from fair_lora.kernels.lora.shrink_ref import lora_shrink_ref  # noqa: E402
+from fair_lora.kernels.lora.slots import LoRASlots  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RANK_CYCLE = (16, 4, 8, 64, 0)  # slot s has rank RANK_CYCLE[s % 5]: mixed ranks and an untargeted slot

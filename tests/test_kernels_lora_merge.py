@@ -11,9 +11,9 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from fair_lora.kernels import lora_merge as lora_merge_module  # noqa: E402
-from fair_lora.kernels.lora_merge import lora_merge  # noqa: E402
-from fair_lora.kernels.lora_merge_ref import lora_merge_ref  # noqa: E402
+from fair_lora.kernels.lora import merge as lora_merge_module  # noqa: E402
+from fair_lora.kernels.lora.merge import lora_merge  # noqa: E402
+from fair_lora.kernels.lora.merge_ref import lora_merge_ref  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -1,9 +1,9 @@
-"""The correction's batch metadata (kernels/lora_batch.py): which entries each token gets, their segments and
+"""The correction's batch metadata (kernels/lora/batch.py): which entries each token gets, their segments and
 tiles, and the tile bound CUDA graphs size their tables by. Host-side; no kernel runs here."""
 import pytest
 import torch
 
-from fair_lora.kernels.lora_batch import LoRABatch, build_lora_batch, max_tiles
+from fair_lora.kernels.lora.batch import LoRABatch, build_lora_batch, max_tiles
 from tests.test_kernels_lora import PATTERNS, make_tokens, pool_size
 
 

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_batch(batch: list[tuple[int, int]], args, device, dtype, gen: torch.Generator):
     """Caches, q and metadata for (context, new tokens) per sequence, blocks shuffled over the cache."""
-    from fair_lora.kernels.attention_metadata import AttentionMetadata
+    from fair_lora.kernels.attention.metadata import AttentionMetadata
 
     needed = [-(-ctx // BLOCK_SIZE) for ctx, _ in batch]
     physical = torch.randperm(sum(needed), generator=gen, device="cpu").tolist()
@@ -112,15 +112,15 @@ def graph_replay(fn: Callable[[], torch.Tensor], device, repeat: int = 1) -> tup
 
 
 def max_error(out: torch.Tensor, q, k_cache, v_cache, meta, scale) -> float:
-    from fair_lora.kernels.paged_attention_ref import paged_attention_ref
+    from fair_lora.kernels.attention.paged_attention_ref import paged_attention_ref
 
     ref = paged_attention_ref(q.float(), k_cache.float(), v_cache.float(), meta, scale)
     return (out.float() - ref).abs().max().item()
 
 
 def decode_row(batch: int, ctx: int, args, device, dtype, gen) -> dict:
-    from fair_lora.kernels.paged_attention_ref import paged_attention_ref
-    from fair_lora.kernels.paged_decode_attention import paged_decode_attention
+    from fair_lora.kernels.attention.paged_attention_ref import paged_attention_ref
+    from fair_lora.kernels.attention.decode import paged_decode_attention
 
     q, k_cache, v_cache, meta = make_batch([(ctx, 1)] * batch, args, device, dtype, gen)
     scale = args.head_dim**-0.5
@@ -141,8 +141,8 @@ def decode_row(batch: int, ctx: int, args, device, dtype, gen) -> dict:
 
 
 def prefill_row(batch: list[tuple[int, int]], name: str, args, device, dtype, gen) -> dict:
-    from fair_lora.kernels.paged_attention_ref import paged_attention_ref
-    from fair_lora.kernels.prefill_attention import prefill_attention
+    from fair_lora.kernels.attention.paged_attention_ref import paged_attention_ref
+    from fair_lora.kernels.attention.prefill import prefill_attention
 
     q, k_cache, v_cache, meta = make_batch(batch, args, device, dtype, gen)
     scale = args.head_dim**-0.5

@@ -11,7 +11,7 @@ The summary multiplies out a Llama-2-7B step: 32 layers × the four projection g
 --vary sets a kernel module's tuning constant to each listed value in turn (every combination is measured).
 
     python -m benchmarks.ops.correction            # on the GPU machine
-    python -m benchmarks.ops.correction --vary lora_shrink.MAX_K_BLOCKS=2,4,8 --mixes 1,2
+    python -m benchmarks.ops.correction --vary lora.shrink.MAX_K_BLOCKS=2,4,8 --mixes 1,2
     python -m benchmarks.ops.correction --tiny     # CPU smoke run under TRITON_INTERPRET=1
 """
 import argparse
@@ -48,7 +48,7 @@ def padded(batch, size: int, num_slots: int):
     """The batch as DecodeGraphs replays it: entries padded to their bucket, tiles to that bucket's worst case.
     The padding tiles repeat real ones, as a graph's static tables keep earlier steps' tiles past the count."""
     from fair_lora.engine.decode_graphs import MIN_ENTRY_BUCKET
-    from fair_lora.kernels.lora_batch import max_tiles
+    from fair_lora.kernels.lora.batch import max_tiles
 
     e = MIN_ENTRY_BUCKET
     while e < batch.num_entries:
@@ -71,13 +71,13 @@ def padded(batch, size: int, num_slots: int):
 
 
 def row(shape: tuple[int, tuple[int, ...]], size: int, mix, args, device, dtype, gen) -> dict:
-    from fair_lora.kernels.lora_batch import build_lora_batch
-    from fair_lora.kernels.lora_correction import lora_correction
-    from fair_lora.kernels.lora_expand import lora_expand
-    from fair_lora.kernels.lora_expand_ref import lora_expand_ref
-    from fair_lora.kernels.lora_shrink import lora_shrink
-    from fair_lora.kernels.lora_shrink_ref import lora_shrink_ref
-    from fair_lora.kernels.lora_slots import LoRASlots
+    from fair_lora.kernels.lora.batch import build_lora_batch
+    from fair_lora.kernels.lora.correction import lora_correction
+    from fair_lora.kernels.lora.expand import lora_expand
+    from fair_lora.kernels.lora.expand_ref import lora_expand_ref
+    from fair_lora.kernels.lora.shrink import lora_shrink
+    from fair_lora.kernels.lora.shrink_ref import lora_shrink_ref
+    from fair_lora.kernels.lora.slots import LoRASlots
 
     h_in, sizes = shape
     h_out = sum(sizes)

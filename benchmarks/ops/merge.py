@@ -17,8 +17,8 @@ PER_LAYER = {(4096, 4096): 4, (4096, 11008): 2, (11008, 4096): 1}  # Llama-2-7B 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from fair_lora.kernels import lora_merge as module
-    from fair_lora.kernels.lora_merge_ref import lora_merge_ref
+    from fair_lora.kernels.lora import merge as module
+    from fair_lora.kernels.lora.merge_ref import lora_merge_ref
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiles", default="64x128,32x256,16x256,32x512,16x512")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fair_lora.kernels.attention_metadata import AttentionMetadata
-from fair_lora.kernels.lora_batch import DECODE_TILE, LoRABatch, build_lora_batch, max_tiles
+from fair_lora.kernels.attention.metadata import AttentionMetadata
+from fair_lora.kernels.lora.batch import DECODE_TILE, LoRABatch, build_lora_batch, max_tiles
 from fair_lora.layers.forward_batch import ForwardBatch
 from fair_lora.models.llama import LlamaForCausalLM
 

@@ -9,8 +9,8 @@ from fair_lora.engine.decode_graphs import DecodeGraphs
 from fair_lora.engine.host_upload import HostUpload
 from fair_lora.engine.scheduler import ScheduledSeq
 from fair_lora.engine.sequence import Sequence
-from fair_lora.kernels.attention_metadata import AttentionMetadata
-from fair_lora.kernels.lora_batch import lora_batch_on_device, lora_tables
+from fair_lora.kernels.attention.metadata import AttentionMetadata
+from fair_lora.kernels.lora.batch import lora_batch_on_device, lora_tables
 from fair_lora.kernels.packed_fields import pack, unpack
 from fair_lora.layers.forward_batch import ForwardBatch
 from fair_lora.models.llama import LlamaForCausalLM

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from fair_lora.kernels.paged_attention import paged_attention, write_kv_cache
+from fair_lora.kernels.attention.paged_attention import paged_attention, write_kv_cache
 from fair_lora.layers.forward_batch import ForwardBatch
 from fair_lora.layers.fused_projection import FusedProjection
 from fair_lora.layers.lora_linear import LoRALinear

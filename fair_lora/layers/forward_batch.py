@@ -3,8 +3,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fair_lora.kernels.attention_metadata import AttentionMetadata
-from fair_lora.kernels.lora_batch import LoRABatch
+from fair_lora.kernels.attention.metadata import AttentionMetadata
+from fair_lora.kernels.lora.batch import LoRABatch
 
 
 @dataclass(frozen=True)

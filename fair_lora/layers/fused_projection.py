@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fair_lora.kernels.lora_batch import LoRABatch
-from fair_lora.kernels.lora_correction import linear_with_correction
-from fair_lora.kernels.lora_slots import LoRASlots
+from fair_lora.kernels.lora.batch import LoRABatch
+from fair_lora.kernels.lora.correction import linear_with_correction
+from fair_lora.kernels.lora.slots import LoRASlots
 from fair_lora.layers.lora_linear import LoRALinear
 
 

@@ -1,9 +1,9 @@
 import torch
 from torch import nn
 
-from fair_lora.kernels.lora_batch import LoRABatch
-from fair_lora.kernels.lora_correction import linear_with_correction
-from fair_lora.kernels.lora_slots import LoRASlots
+from fair_lora.kernels.lora.batch import LoRABatch
+from fair_lora.kernels.lora.correction import linear_with_correction
+from fair_lora.kernels.lora.slots import LoRASlots
 
 
 class LoRALinear(nn.Module):

@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from fair_lora.kernels.elementwise import gated_silu
-from fair_lora.kernels.lora_batch import LoRABatch
+from fair_lora.kernels.elementwise.ops import gated_silu
+from fair_lora.kernels.lora.batch import LoRABatch
 from fair_lora.layers.fused_projection import FusedProjection
 from fair_lora.layers.lora_linear import LoRALinear
 

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from fair_lora.kernels.elementwise import rms_norm
+from fair_lora.kernels.elementwise.ops import rms_norm
 
 
 class RMSNorm(nn.Module):

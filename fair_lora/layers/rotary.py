@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from fair_lora.kernels.elementwise import apply_rotary
+from fair_lora.kernels.elementwise.ops import apply_rotary
 
 
 class RotaryEmbedding(nn.Module):

@@ -13,7 +13,7 @@ from collections import Counter, OrderedDict
 import torch
 
 from fair_lora.errors import AdapterInUseError, AdapterNameError, AdapterPoolFullError, UnknownAdapterError
-from fair_lora.kernels.lora_slots import LoRASlots
+from fair_lora.kernels.lora.slots import LoRASlots
 from fair_lora.layers.fused_projection import LoRAGroup
 from fair_lora.layers.lora_linear import LoRALinear
 from fair_lora.lora.adapter import LoRAAdapter

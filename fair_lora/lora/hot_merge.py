@@ -2,17 +2,17 @@
 
 A pristine copy of every targeted weight is kept, so W' is always computed from W (never from a previous W')
 and restore is a copy: no drift, whatever the number of switches. Cost: one read of W and one write of W'
-per targeted projection (kernels/lora_merge.py on CUDA), plus the pristine copy's memory."""
+per targeted projection (kernels/lora/merge.py on CUDA), plus the pristine copy's memory."""
 import torch
 
 from fair_lora.kernels.dispatch import use_triton
-from fair_lora.kernels.lora_merge_ref import lora_merge_ref
+from fair_lora.kernels.lora.merge_ref import lora_merge_ref
 from fair_lora.layers.lora_linear import LoRALinear
 from fair_lora.lora.adapter import LoRAAdapter
 
 
 def _triton_merge():
-    from fair_lora.kernels.lora_merge import lora_merge  # imported on first use: see kernels/dispatch.py
+    from fair_lora.kernels.lora.merge import lora_merge  # imported on first use: see kernels/dispatch.py
 
     return lora_merge
 

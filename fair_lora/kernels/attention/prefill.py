@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fair_lora.kernels.attention_common import CAUSAL, LOG2E, NO_MASK, attend
-from fair_lora.kernels.attention_metadata import AttentionMetadata
+from fair_lora.kernels.attention.common import CAUSAL, LOG2E, NO_MASK, attend
+from fair_lora.kernels.attention.metadata import AttentionMetadata
 from fair_lora.kernels.dot_precision import dot_precision, dot_upcast
 
 

@@ -31,8 +31,8 @@ import triton
 import triton.language as tl
 
 from fair_lora.kernels.dot_precision import dot_precision
-from fair_lora.kernels.lora_batch import LoRABatch
-from fair_lora.kernels.lora_slots import LoRASlots
+from fair_lora.kernels.lora.batch import LoRABatch
+from fair_lora.kernels.lora.slots import LoRASlots
 
 MIN_GRID = 128  # about one program per SM of an H100/H200; past that many items a program walks more blocks
 MAX_BLOCKS_PER_PROGRAM = 4

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fair_lora.kernels.attention_common import reduce_sum  # tl.sum, but also under the CPU interpreter
+from fair_lora.kernels.attention.common import reduce_sum  # tl.sum, but also under the CPU interpreter
 
 
 @triton.jit

@@ -7,9 +7,9 @@ prefill kernel.
 """
 import torch
 
-from fair_lora.kernels.attention_metadata import AttentionMetadata
+from fair_lora.kernels.attention.metadata import AttentionMetadata
 from fair_lora.kernels.dispatch import use_triton
-from fair_lora.kernels.paged_attention_ref import paged_attention_ref, write_kv_cache_ref
+from fair_lora.kernels.attention.paged_attention_ref import paged_attention_ref, write_kv_cache_ref
 
 
 def write_kv_cache(
@@ -18,7 +18,7 @@ def write_kv_cache(
     """Store this step's keys and values: k, v: [T, H_kv, D] into caches [num_blocks, block_size, H_kv, D] at
     slot_mapping: [T] int64. The Triton path skips negative slots (padding rows of a captured graph)."""
     if use_triton(k):
-        from fair_lora.kernels.kv_cache_write import kv_cache_write
+        from fair_lora.kernels.attention.kv_cache_write import kv_cache_write
 
         kv_cache_write(k, v, k_cache, v_cache, slot_mapping)
         return
@@ -32,9 +32,9 @@ def paged_attention(
     if not use_triton(q):
         return paged_attention_ref(q, k_cache, v_cache, meta, scale)
     if meta.decode_only:
-        from fair_lora.kernels.paged_decode_attention import paged_decode_attention
+        from fair_lora.kernels.attention.decode import paged_decode_attention
 
         return paged_decode_attention(q, k_cache, v_cache, meta, scale)
-    from fair_lora.kernels.prefill_attention import prefill_attention
+    from fair_lora.kernels.attention.prefill import prefill_attention
 
     return prefill_attention(q, k_cache, v_cache, meta, scale)

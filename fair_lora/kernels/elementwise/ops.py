@@ -8,9 +8,9 @@ rely on it); FAIR_LORA_TRITON=1 forces Triton for CPU tensors too (with TRITON_I
 import torch
 
 from fair_lora.kernels.dispatch import use_triton
-from fair_lora.kernels.rms_norm_ref import fused_add_rms_norm_ref
-from fair_lora.kernels.rotary_embedding_ref import rotary_embedding_ref
-from fair_lora.kernels.silu_and_mul_ref import silu_and_mul_ref
+from fair_lora.kernels.elementwise.rms_norm_ref import fused_add_rms_norm_ref
+from fair_lora.kernels.elementwise.rotary_embedding_ref import rotary_embedding_ref
+from fair_lora.kernels.elementwise.silu_and_mul_ref import silu_and_mul_ref
 
 
 def rms_norm(
@@ -21,7 +21,7 @@ def rms_norm(
     x, residual: [T, H]; weight: [H]. The Triton path stores h into `residual`, so a caller hands its residual
     over and keeps the returned h instead."""
     if use_triton(x):
-        from fair_lora.kernels.rms_norm import fused_add_rms_norm
+        from fair_lora.kernels.elementwise.rms_norm import fused_add_rms_norm
 
         return fused_add_rms_norm(x, weight, eps, residual)
     return fused_add_rms_norm_ref(x, weight, eps, residual)
@@ -30,7 +30,7 @@ def rms_norm(
 def gated_silu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) · up; gate, up: [T, I] (may be the two halves of one [T, 2·I] projection). Returns [T, I]."""
     if use_triton(gate):
-        from fair_lora.kernels.silu_and_mul import silu_and_mul
+        from fair_lora.kernels.elementwise.silu_and_mul import silu_and_mul
 
         return silu_and_mul(gate, up)
     return silu_and_mul_ref(gate, up)
@@ -42,7 +42,7 @@ def apply_rotary(
     """Rotary embedding of q: [T, H, D] and k: [T, H_kv, D] at positions: [T], from the tables cos, sin: [P, D].
     Returns new (q, k)."""
     if use_triton(q):
-        from fair_lora.kernels.rotary_embedding import rotary_embedding
+        from fair_lora.kernels.elementwise.rotary_embedding import rotary_embedding
 
         return rotary_embedding(q, k, cos, sin, positions)
     return rotary_embedding_ref(q, k, cos, sin, positions)

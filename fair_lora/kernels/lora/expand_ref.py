@@ -2,8 +2,8 @@
 sub-projection j (float32 accumulate)."""
 import torch
 
-from fair_lora.kernels.lora_batch import LoRABatch
-from fair_lora.kernels.lora_slots import LoRASlots
+from fair_lora.kernels.lora.batch import LoRABatch
+from fair_lora.kernels.lora.slots import LoRASlots
 
 
 def lora_expand_ref(y: torch.Tensor, v: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> None:

@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from fair_lora.kernels.dot_precision import dot_precision
-from fair_lora.kernels.lora_batch import LoRABatch
-from fair_lora.kernels.lora_slots import LoRASlots
+from fair_lora.kernels.lora.batch import LoRABatch
+from fair_lora.kernels.lora.slots import LoRASlots
 
 BLOCK_R = 16  # the smallest tl.dot width; mixed ranks pad at most one such block of work
 BLOCK_K = 128

@@ -17,8 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fair_lora.kernels.attention_common import BOUNDS, LOG2E, attend, reduce_max, reduce_sum
-from fair_lora.kernels.attention_metadata import AttentionMetadata
+from fair_lora.kernels.attention.common import BOUNDS, LOG2E, attend, reduce_max, reduce_sum
+from fair_lora.kernels.attention.metadata import AttentionMetadata
 from fair_lora.kernels.dot_precision import dot_precision, dot_upcast
 
 MIN_SPLIT_TOKENS = 128  # a split shorter than this costs more in its reduction than its parallelism saves

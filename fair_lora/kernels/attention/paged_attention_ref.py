@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from fair_lora.kernels.attention_metadata import AttentionMetadata
+from fair_lora.kernels.attention.metadata import AttentionMetadata
 
 
 def write_kv_cache_ref(

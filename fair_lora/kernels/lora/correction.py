@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from fair_lora.kernels.dispatch import use_triton
-from fair_lora.kernels.lora_batch import LoRABatch
-from fair_lora.kernels.lora_expand_ref import lora_expand_ref
-from fair_lora.kernels.lora_shrink_ref import lora_shrink_ref
-from fair_lora.kernels.lora_slots import LoRASlots
+from fair_lora.kernels.lora.batch import LoRABatch
+from fair_lora.kernels.lora.expand_ref import lora_expand_ref
+from fair_lora.kernels.lora.shrink_ref import lora_shrink_ref
+from fair_lora.kernels.lora.slots import LoRASlots
 
 
 def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> None:
@@ -28,8 +28,8 @@ def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: L
     if use_triton(x):
         # Imported on first use: triton.jit reads TRITON_INTERPRET when the kernel module is imported, and a
         # CPU-only process never needs Triton at all.
-        from fair_lora.kernels.lora_expand import lora_expand
-        from fair_lora.kernels.lora_shrink import lora_shrink
+        from fair_lora.kernels.lora.expand import lora_expand
+        from fair_lora.kernels.lora.shrink import lora_shrink
 
         lora_expand(y, lora_shrink(x, slots, batch), slots, batch)
         return
