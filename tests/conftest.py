@@ -11,6 +11,8 @@ from fair_lora.demo import DemoSpec, make_demo
 # test_async_scheduling took 7 s instead of 2.5 s, and in a full run beside other work up to 50x its time alone.
 torch.set_num_threads(1)
 
+pytest_plugins = ["tests.background_runs"]  # the long smoke runs, started beside the other tests
+
 # The Serve app's tests need ray and the HTTP clients; the GPU machine has none of them, and its runs are engine-only.
 NEEDS_RAY = ["test_serve_*.py", "test_call_stream.py", "test_launch_server_real.py", "test_soak.py"]
 NEEDS_CLIENTS = [*NEEDS_RAY, "test_http_validation.py", "test_cli_generate.py"]
