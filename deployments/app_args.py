@@ -1,5 +1,6 @@
 """The app's arguments (the `args:` block of serve_config.yaml), validated once at build time."""
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -86,7 +87,7 @@ class AppArgs(_Strict):
     num_kv_tokens: PositiveInt | None = ENGINE.num_kv_tokens
     gpu_memory_utilization: float = Field(ENGINE.gpu_memory_utilization, gt=0.0, le=1.0)
     scheduling_policy: Literal["fcfs", "vtc"] = ENGINE.scheduling_policy
-    fair_weights: dict[str, PositiveFloat] = Field(default_factory=dict)  # vtc: client -> weight (default 1)
+    client_weights: dict[str, PositiveFloat] = Field(default_factory=dict)  # vtc: client -> weight (default 1)
     max_request_bytes: PositiveInt = 1 << 20  # larger HTTP bodies get 413 before they are read
     access_log: bool = False  # one INFO line per request in the ingress and the workers
     # Per worker: stream messages (deltas) per second, shared by its streamed requests. Each message costs the
@@ -98,6 +99,18 @@ class AppArgs(_Strict):
     ingress: ReplicaArgs = Field(default_factory=ReplicaArgs)
     popularity: PopularityArgs = Field(default_factory=PopularityArgs)
     routing: RoutingArgs = Field(default_factory=RoutingArgs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: object) -> object:
+        """`fair_weights`, client_weights's deprecated old name, still reads."""
+        if not (isinstance(data, dict) and "fair_weights" in data):
+            return data
+        if "client_weights" in data:
+            raise ValueError("give client_weights only: fair_weights is its deprecated old name")
+        warnings.warn("the app's fair_weights is deprecated: use client_weights", DeprecationWarning, stacklevel=2)
+        renamed = {k: v for k, v in data.items() if k != "fair_weights"}
+        return {**renamed, "client_weights": data["fair_weights"]}
 
     @model_validator(mode="after")
     def _consistent(self) -> "AppArgs":

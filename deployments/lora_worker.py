@@ -110,7 +110,7 @@ class LoRAWorker:
         prompt, generated = len(stream.prompt_token_ids), len(stream.token_ids)
         self.metrics.finished(request.adapter, prompt, generated, seconds)
         client = request.client or adapter_tag(request.adapter)
-        self.stats.served(client, prompt, generated, self.args.fair_weights.get(client, 1.0))
+        self.stats.served(client, prompt, generated, self.args.client_weights.get(client, 1.0))
         if self.args.access_log:
             logger.info(
                 "worker %d: %s adapter=%s prompt=%d generated=%d %s %.3f s", self.rank, request.request_id,

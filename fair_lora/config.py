@@ -1,6 +1,7 @@
 """Engine configuration: one dataclass, validated once, passed explicitly."""
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 
 import torch
 
@@ -33,7 +34,8 @@ class EngineConfig:
     num_kv_tokens: int | None = None
     gpu_memory_utilization: float = 0.90
     scheduling_policy: str = "fcfs"  # "fcfs" or "vtc" (fair share of tokens across clients)
-    fair_weights: dict[str, float] = field(default_factory=dict)  # vtc: client (adapter) -> weight, default 1
+    client_weights: dict[str, float] = field(default_factory=dict)  # vtc: client (adapter) -> weight, default 1
+    fair_weights: InitVar[dict[str, float] | None] = None  # deprecated: client_weights's old name
     # Launch step N+1 before reading step N's tokens, so the host's work overlaps the device's; outputs come one
     # step late. None: on for CUDA, off on the CPU (where it gains nothing).
     async_scheduling: bool | None = None
@@ -47,7 +49,12 @@ class EngineConfig:
     detokenize: bool = True  # False: outputs carry token ids only, no text, no stop strings (a front-end does them)
     demo_dir: str | None = None  # where the demo assets are created; None: ~/.cache/fair_lora/demo
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, fair_weights: dict[str, float] | None) -> None:
+        if fair_weights is not None:
+            if self.client_weights:
+                raise ValueError("give client_weights only: fair_weights is its deprecated old name")
+            warnings.warn("EngineConfig(fair_weights=...) is deprecated: use client_weights", DeprecationWarning, 3)
+            self.client_weights = fair_weights
         self.adapter_roots = [os.path.expanduser(root) for root in self.adapter_roots]  # YAML has no $HOME
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
@@ -68,8 +75,8 @@ class EngineConfig:
             raise ValueError("set num_kv_blocks or num_kv_tokens, not both")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
-        if any(not (isinstance(w, (int, float)) and w > 0) for w in self.fair_weights.values()):
-            raise ValueError("fair_weights must be positive numbers")
+        if any(not (isinstance(w, (int, float)) and w > 0) for w in self.client_weights.values()):
+            raise ValueError("client_weights must be positive numbers")
         if self.max_lora_rank > 128:
             raise ValueError("max_lora_rank must be <= 128 (one rank block of the correction kernels)")
         if self.mode == "fair" and self.max_adapter_slots < 2:

@@ -1,5 +1,4 @@
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +6,12 @@ import torch
 
 from fair_lora.demo import DemoSpec, make_demo
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the test models are tiny, and on a small shared machine (the suite's own Ray workers beside it, or
+# another job) a second thread mostly waits at OpenMP's barriers for a core: with two threads and two busy cores,
+# test_async_scheduling took 7 s instead of 2.5 s, and in a full run beside other work up to 50x its time alone.
+torch.set_num_threads(1)
+
+pytest_plugins = ["tests.background_runs"]  # the long smoke runs, started beside the other tests
 
 # The Serve app's tests need ray and the HTTP clients; the GPU machine has none of them, and its runs are engine-only.
 NEEDS_RAY = ["test_serve_*.py", "test_call_stream.py", "test_launch_server_real.py", "test_soak.py"]

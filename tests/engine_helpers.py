@@ -1,4 +1,5 @@
-"""Shared pieces of the engine tests: a request mix, an engine factory, and the comparison with the oracle."""
+"""Shared pieces of the engine tests: a request mix, an engine factory, a run through hot-adapter switches, the
+comparison with the oracle, and the end state of an engine that has finished everything."""
 from fair_lora import EngineConfig, LLMEngine, RequestOutput, SamplingParams
 
 PROMPTS = [
@@ -36,3 +37,24 @@ def assert_matches_oracle(engine: LLMEngine, oracle, outputs: list[RequestOutput
         assert len(out.logprobs) == len(logprobs)
         worst = max(abs(a - b) for a, b in zip(out.logprobs, logprobs))
         assert worst < 1e-4, f"{out.request_id} ({out.adapter}): logprob off by {worst}"
+
+
+def run_switching(
+    engine: LLMEngine, requests: list, schedule: list[str | None], max_tokens: int
+) -> list[RequestOutput]:
+    """Every request added at once, then after each step the hot adapter set to the next of `schedule` (None once
+    it runs out); the finished outputs in the requests' order."""
+    ids = [engine.add_request(p, a, greedy(max_tokens)) for p, a in requests]
+    switches, final = iter(schedule), {}
+    while engine.has_unfinished():
+        final.update((o.request_id, o) for o in engine.step() if o.finished)
+        engine.set_hot_adapter(next(switches, None))
+    return [final[i] for i in ids]
+
+
+def assert_everything_freed(engine: LLMEngine) -> None:
+    """After every request finished or was aborted: each KV block free once, no pin but the merged adapter's."""
+    assert engine.blocks.num_free == engine.blocks.num_blocks
+    assert sorted(engine.blocks.free_blocks) == list(range(engine.blocks.num_blocks)), "no block freed twice"
+    assert set(engine.pool.pins) <= {engine.hot_adapter}, "only the merged adapter may stay pinned"
+    assert not engine.sequences

@@ -4,7 +4,7 @@ the synchronous engine on the same requests."""
 import random
 
 from fair_lora import SamplingParams
-from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, request_mix
+from tests.engine_helpers import assert_everything_freed, assert_matches_oracle, greedy, make_engine, request_mix
 
 MAX_TOKENS = 8
 
@@ -72,7 +72,4 @@ def test_random_requests_with_aborts_in_flight_free_every_block_and_pin(demo):
                 live.remove(out.request_id)
                 assert 1 <= len(out.token_ids) <= 10
     assert finished + aborted == 300 and aborted > 10
-    assert engine.blocks.num_free == engine.blocks.num_blocks
-    assert sorted(engine.blocks.free_blocks) == list(range(engine.blocks.num_blocks)), "no block freed twice"
-    assert set(engine.pool.pins) <= {engine.hot_adapter}, "only the merged adapter may stay pinned"
-    assert not engine.sequences
+    assert_everything_freed(engine)

@@ -2,7 +2,7 @@
 hot adapter, the batch mix, the phase (prefill or decode) and the moment of a hot switch."""
 import pytest
 
-from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, request_mix
+from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, request_mix, run_switching
 
 MAX_TOKENS = 10
 
@@ -33,15 +33,10 @@ def test_slora_mode_matches_peft(demo, oracle):
 
 
 def test_hot_switch_mid_generation_keeps_every_output(engine, demo, oracle):
-    requests = request_mix(demo)
-    ids = [engine.add_request(p, a, greedy(MAX_TOKENS)) for p, a in requests]
-    schedule = iter(["adapter-2", "adapter-0", None, "adapter-4", "adapter-1", "adapter-5", None])
-    final = {}
-    while engine.has_unfinished():
-        final.update((o.request_id, o) for o in engine.step() if o.finished)
-        engine.set_hot_adapter(next(schedule, None))
+    schedule = ["adapter-2", "adapter-0", None, "adapter-4", "adapter-1", "adapter-5", None]
+    outputs = run_switching(engine, request_mix(demo), schedule, MAX_TOKENS)
     assert engine.hot_adapter is None
-    assert_matches_oracle(engine, oracle, [final[i] for i in ids], MAX_TOKENS)
+    assert_matches_oracle(engine, oracle, outputs, MAX_TOKENS)
 
 
 def test_new_prompts_prefill_while_others_decode(engine, demo, oracle):

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from fair_lora import AdapterInUseError, RequestError, SamplingParams
-from tests.engine_helpers import make_engine
+from tests.engine_helpers import assert_everything_freed, make_engine
 
 
 def test_thousand_random_requests_with_aborts_and_preemption_free_every_block(demo):
@@ -32,10 +32,7 @@ def test_thousand_random_requests_with_aborts_and_preemption_free_every_block(de
                 assert 1 <= len(out.token_ids) <= 12
     assert finished + aborted == 1000 and aborted > 50
     assert engine.num_preemptions > 0, "the cache was sized to force preemption"
-    assert engine.blocks.num_free == engine.blocks.num_blocks
-    assert sorted(engine.blocks.free_blocks) == list(range(engine.blocks.num_blocks)), "no block freed twice"
-    assert set(engine.pool.pins) <= {engine.hot_adapter}, "only the merged adapter may stay pinned"
-    assert not engine.sequences
+    assert_everything_freed(engine)
 
 
 def test_seeded_sampling_ignores_batch_composition(demo):

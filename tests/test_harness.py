@@ -275,7 +275,10 @@ def test_s1_dummy_on_cuda_builds_the_app_args_without_writing_anything(tmp_path)
                                       "--device", "cpu", "--scheduler", "vtc", "--fair-weights", "2", "1"]),
                           plan_assets("S2", 5, tmp_path))
     assert fair["mode"] == "fair" and fair["max_lora_rank"] == 64 and fair["scheduling_policy"] == "vtc"
-    assert fair["fair_weights"] == {"dummy-lora-7b-rank-64-0": 2.0, "dummy-lora-7b-rank-32-0": 1.0}
+    assert fair["client_weights"] == {"dummy-lora-7b-rank-64-0": 2.0, "dummy-lora-7b-rank-32-0": 1.0}
+    named = parse_args(["--model-setting", "S2", "--dummy", "--device", "cpu", "--client-weights",
+                        "dummy-lora-7b-rank-64-0=2"])
+    assert build_app_args(named, plan_assets("S2", 5, tmp_path))["client_weights"] == {"dummy-lora-7b-rank-64-0": 2.0}
     with pytest.raises(SystemExit, match="--dummy"):
         build_app_args(parse_args(["--model-setting", "S4", "--device", "cpu"]), plan_assets("S4", 3, tmp_path))
 

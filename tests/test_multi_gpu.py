@@ -1,14 +1,11 @@
 """The multi-GPU benchmark: its traffic and what it reads off a run (fast), and its CPU dry run (Ray): the demo
 on one and two CPU workers, with the hot-adapter router and Serve's default one."""
 import json
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
 
 from benchmarks.common.http_load import RequestRecord
-from benchmarks.common.report import REPO
 from benchmarks.common.trace import TraceConfig, generate_requests
 from benchmarks.multi_gpu.report import ratios
 from benchmarks.multi_gpu.workload import (
@@ -100,14 +97,11 @@ def test_ratios_compare_the_right_runs():
 
 
 @pytest.mark.ray
-def test_dry_run_serves_every_request_on_one_and_two_cpu_workers_with_both_routers(tmp_path):
-    pytest.importorskip("ray")
-    from tests.serve_fixtures import free_port
-
-    run = subprocess.run([sys.executable, "-m", "benchmarks.multi_gpu.bench", "--dry-run", "--out", str(tmp_path),
-                          "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=600)
+@pytest.mark.background_run("benchmarks.multi_gpu.bench", "--dry-run", "--port", "{port}", timeout_s=600)
+def test_dry_run_serves_every_request_on_one_and_two_cpu_workers_with_both_routers(background_run):
+    run = background_run  # started with the session, beside the other tests (tests/background_runs.py)
     assert run.returncode == 0, run.stderr[-4000:]
-    (jsonl,) = tmp_path.glob("multi_gpu_*_cpu-dry-run.jsonl")
+    (jsonl,) = run.out.glob("multi_gpu_*_cpu-dry-run.jsonl")
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     runs = {(r["config"]["gpus"], r["config"]["router"], r["config"]["scenario"]): r for r in records}
     assert set(runs) == {(k, router, s) for k, router in ((1, "hot_adapter"), (2, "hot_adapter"), (2, "default"))

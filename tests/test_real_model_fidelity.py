@@ -3,7 +3,7 @@ gets the greedy tokens of transformers + peft for that request alone and its cho
 under each adapter merged, and when the merged adapter changes in the middle of generation."""
 import pytest
 
-from tests.engine_helpers import assert_matches_oracle, greedy, make_engine
+from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, run_switching
 from tests.real_model_fixtures import QUESTIONS, chat_prompt
 
 pytest_plugins = ["tests.real_model_fixtures"]
@@ -45,15 +45,10 @@ def test_mixed_batch_matches_peft_under_each_adapter_merged(engine, real, oracle
 
 
 def test_hot_switches_mid_generation_keep_every_output(engine, real, oracle):
-    requests = mixed_batch(engine, real)
-    ids = [engine.add_request(p, a, greedy(MAX_TOKENS)) for p, a in requests]
-    schedule = iter(["pirate", "upper", None, "digits", "pirate"])
-    final = {}
-    while engine.has_unfinished():
-        final.update((o.request_id, o) for o in engine.step() if o.finished)
-        engine.set_hot_adapter(next(schedule, None))
+    schedule = ["pirate", "upper", None, "digits", "pirate"]
+    outputs = run_switching(engine, mixed_batch(engine, real), schedule, MAX_TOKENS)
     assert engine.hot_adapter is None
-    assert_matches_oracle(engine, oracle, [final[i] for i in ids], MAX_TOKENS)
+    assert_matches_oracle(engine, oracle, outputs, MAX_TOKENS)
 
 
 def test_an_adapter_visibly_changes_the_answer(engine, real):

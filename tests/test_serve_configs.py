@@ -50,6 +50,15 @@ def test_bad_args_name_every_wrong_field():
         assert field in message, message
 
 
+def test_fair_weights_still_reads_as_client_weights_old_name():
+    with pytest.warns(DeprecationWarning, match="client_weights"):
+        args = parse_args({"scheduling_policy": "vtc", "fair_weights": {"adapter-1": 2.0}})
+    assert args.client_weights == {"adapter-1": 2.0}
+    assert args.engine_config().client_weights == {"adapter-1": 2.0}
+    with pytest.raises(AppArgsError, match="client_weights only"):
+        parse_args({"fair_weights": {"a": 1.0}, "client_weights": {"a": 2.0}})
+
+
 def test_queued_request_limits_are_bounded_and_validated():
     args = parse_args({})
     assert args.ingress_max_queued == 1024 and args.worker_max_queued == args.max_waiting

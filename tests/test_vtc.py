@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from fair_lora import SamplingParams
+from fair_lora import EngineConfig, SamplingParams
 from fair_lora.engine.policy import FCFSPolicy
 from fair_lora.engine.scheduler import Scheduler
 from fair_lora.engine.sequence import Sequence, SequenceStatus
@@ -204,6 +204,16 @@ def test_preemption_and_chunked_prefill_count_every_token_once(limits):
     cost = 6 * (prompt + 2 * 8)
     assert policy.counters == {"a": cost, "b": cost / 2}
     assert meter.service == {"a": cost, "b": cost}  # what was delivered: each token once
+
+
+def test_fair_weights_is_client_weights_deprecated_old_name():
+    with pytest.warns(DeprecationWarning, match="client_weights"):
+        config = EngineConfig(scheduling_policy="vtc", fair_weights={"a": 2.0})
+    assert config.client_weights == {"a": 2.0}
+    with pytest.raises(ValueError, match="client_weights only"):
+        EngineConfig(fair_weights={"a": 2.0}, client_weights={"a": 1.0})
+    with pytest.raises(ValueError, match="client_weights must be positive"):
+        EngineConfig(fair_weights={"a": 0})
 
 
 def test_fcfs_admits_in_arrival_order_whoever_sends():

@@ -63,8 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="default: Ray Serve's own router, blind to adapters (a baseline)")
     p.add_argument("--popularity-window-s", type=float, default=None,
                    help="the popularity window (default: the app's, 30 s)")
-    p.add_argument("--fair-weights", nargs="+", default=None,
-                   help="VTC weights: w1 w2 ... for the first adapters in order, or NAME=W")
+    p.add_argument("--client-weights", "--fair-weights", nargs="+", default=None,
+                   help="VTC weights: w1 w2 ... for the first adapters in order, or NAME=W "
+                   "(--fair-weights: S-LoRA's spelling)")
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-adapter-slots", type=int, default=None)
@@ -100,7 +101,7 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
         "max_lora_rank": assets.max_rank,
         "max_waiting": opts.max_waiting,
         "scheduling_policy": opts.scheduler,
-        "fair_weights": fair_weights(opts.fair_weights or [], list(assets.adapters)),
+        "client_weights": client_weights(opts.client_weights or [], list(assets.adapters)),
         "workers": {"num_replicas": opts.num_replicas, "num_cpus": 0.1, "num_gpus": opts.gpus_per_worker if cuda else 0},
         "routing": {"router": opts.router},
         # The ingress holds every request the workers may queue (plus the default 1024): past its limit the proxy
@@ -118,14 +119,14 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
     return {**args, **{k: v for k, v in optional.items() if v is not None}}
 
 
-def fair_weights(values: list[str], adapters: list[str]) -> dict[str, float]:
+def client_weights(values: list[str], adapters: list[str]) -> dict[str, float]:
     """S-LoRA's positional `--fair-weights w1 w2 ...` (the i-th weight for the i-th adapter), or NAME=W pairs."""
     weights = {}
     for i, value in enumerate(values):
         name, _, weight = value.rpartition("=")
         if not name:
             if i >= len(adapters):
-                raise SystemExit(f"--fair-weights: {len(values)} weights for {len(adapters)} adapters")
+                raise SystemExit(f"--client-weights: {len(values)} weights for {len(adapters)} adapters")
             name = adapters[i]
         weights[name] = float(weight)
     return weights

@@ -133,7 +133,7 @@ class Run:
     def __init__(self, w: Workload, policy: str, demo_dir: str | None) -> None:
         self.w, self.policy = w, policy
         weights = {f"adapter-{i}": x for i, x in enumerate(w.weights)} if w.weights else {}
-        config = EngineConfig(scheduling_policy=policy, fair_weights=weights, demo_dir=demo_dir, **ENGINE)
+        config = EngineConfig(scheduling_policy=policy, client_weights=weights, demo_dir=demo_dir, **ENGINE)
         self.engine = LLMEngine(config)
         self.meter, self.clock, self.steps, self.finished = Meter(weights), 0.0, 0, {}
         self._schedule = self.engine.scheduler.schedule

@@ -101,7 +101,7 @@ class LLMEngine:
         logger.info(self.memory_plan.describe())
         num_blocks = self.memory_plan.num_blocks
         blocks = BlockManager(num_blocks, config.block_size)
-        policy = make_policy(config.scheduling_policy, config.fair_weights)
+        policy = make_policy(config.scheduling_policy, config.client_weights)
         scheduler = Scheduler(blocks, policy, self.pool, config.max_num_seqs, config.max_num_batched_tokens)
         graphs = None
         if config.cuda_graphs and torch.device(config.device).type == "cuda":

@@ -57,10 +57,10 @@ class FCFSPolicy:
         self.queue.discard(seq)
 
 
-def make_policy(name: str, fair_weights: dict[str, float] | None = None) -> SchedulingPolicy:
-    """`fair_weights` (vtc): client -> weight, 1 for clients not named."""
+def make_policy(name: str, client_weights: dict[str, float] | None = None) -> SchedulingPolicy:
+    """`client_weights` (vtc): client -> weight, 1 for clients not named."""
     if name == "fcfs":
         return FCFSPolicy()
     if name == "vtc":
-        return VTCPolicy(fair_weights)
+        return VTCPolicy(client_weights)
     raise ValueError(f"scheduling_policy {name!r} is unknown; choose one of ['fcfs', 'vtc']")
