@@ -30,6 +30,7 @@ def agreement(real, device: str) -> dict[str, float]:
     with_adapter = torch.tensor([out.adapter is not None for out in outputs for _ in out.token_ids], device=device)
     rate = {
         "engine-bf16 vs peft-bf16": (tokens == bf16).float().mean().item(),
+        "engine-bf16 vs peft-fp32": (tokens == fp32).float().mean().item(),  # as faithful as peft's own bf16?
         "peft-bf16 vs peft-fp32": (bf16 == fp32).float().mean().item(),
         "adapter changes the choice (fp32)": (base != fp32)[with_adapter].float().mean().item(),
     }
