@@ -105,6 +105,7 @@ async def soak(url: str, churn_adapter: str, args: argparse.Namespace) -> dict:
         adapter_churn(url, churn_adapter, duration, origin),
         chaos.run(duration, args.seed, origin),
         sample_memory(APP, origin, duration + 5),
+        _progress(arrivals, chaos, origin, duration),
     )
     outcomes = [o for part in results[:4] for o in part]
     memory = results[5]
@@ -113,6 +114,16 @@ async def soak(url: str, churn_adapter: str, args: argparse.Namespace) -> dict:
     write(args.out, summary, outcomes, memory, chaos.events)
     (args.out / "outcomes.json").write_text(json.dumps([dataclasses.asdict(o) for o in outcomes]))
     return summary
+
+
+async def _progress(arrivals: list, chaos: Chaos, origin: float, duration: float, every_s: float = 60.0) -> None:
+    """A line a minute on stderr: how far the run is, what was offered, which faults were injected."""
+    while (elapsed := time.perf_counter() - origin) < duration:
+        offered = sum(1 for a, _, _ in arrivals if a <= elapsed)
+        faults = ", ".join(f"{e['fault']} at {e['at']:.0f} s" for e in chaos.events) or "none yet"
+        print(f"[soak {elapsed / 60:5.1f}/{duration / 60:g} min] {offered} requests offered; faults: {faults}",
+              file=sys.stderr, flush=True)
+        await asyncio.sleep(min(every_s, max(duration - elapsed, 0.1)))
 
 
 def main(argv: list[str] | None = None) -> int:
