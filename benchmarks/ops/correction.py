@@ -4,10 +4,12 @@ Each row builds a pool of 100 rank-16 adapters (Llama-2-7B projection shapes), a
 an adapter mix, and the batch metadata padded as a CUDA-graph bucket pads it (entries to the next power of two,
 at most 2B; tiles to that bucket's worst case, the padding tiles stale copies of real ones),
 then checks the Triton result against the torch reference and times graph replays (20 launches each) of: the base GEMM
-(F.linear), the shrink (with the zeroing of v), the zeroing alone, the expand, and both. Bytes counted: the distinct adapters' A and B, x once, y read and
-written once; "vs GEMM" is the correction's time over the base GEMM's (the share it adds to that projection).
+(F.linear), the shrink (with the zeroing of v), the zeroing alone, the expand, and both; and the fused kernel (shrink
+and expand in one launch, `lora/fused.py`; decode batches only), checked the same way. Bytes counted: the distinct
+adapters' A and B, x once, y read and written once; "vs GEMM" is the correction's time over the base GEMM's (the
+share it adds to that projection).
 
-The summary multiplies out a Llama-2-7B step: 32 layers × the four projection groups.
+The summary multiplies out a Llama-2-7B step: 32 layers × the four projection groups, for both forms.
 --vary sets a kernel module's tuning constant to each listed value in turn (every combination is measured).
 
     python -m benchmarks.ops.correction            # on the GPU machine
@@ -75,6 +77,7 @@ def row(shape: tuple[int, tuple[int, ...]], size: int, mix, args, device, dtype,
     from fair_lora.kernels.lora.correction import lora_correction
     from fair_lora.kernels.lora.expand import lora_expand
     from fair_lora.kernels.lora.expand_ref import lora_expand_ref
+    from fair_lora.kernels.lora.fused import lora_fused
     from fair_lora.kernels.lora.shrink import lora_shrink
     from fair_lora.kernels.lora.shrink_ref import lora_shrink_ref
     from fair_lora.kernels.lora.slots import LoRASlots
@@ -99,13 +102,17 @@ def row(shape: tuple[int, tuple[int, ...]], size: int, mix, args, device, dtype,
     y = y0.clone()
     lora_correction(y, x, slots, static)
     error = ((y.float() - ref).norm() / (ref - y0.float()).norm().clamp_min(1e-30)).item()
+    y_fused = y0.clone()
+    lora_fused(y_fused, x, slots, static)
+    fused_error = ((y_fused.float() - ref).norm() / (ref - y0.float()).norm().clamp_min(1e-30)).item()
     v = lora_shrink(x, slots, static)
-    out = {"shape": f"{h_in}→{'+'.join(map(str, sizes))}", "B": size, "mix": name, "error": error}
+    out = {"shape": f"{h_in}→{'+'.join(map(str, sizes))}", "B": size, "mix": name, "error": max(error, fused_error)}
     if device.type == "cuda":
         runs = {"gemm": lambda: F.linear(x, w), "shrink": lambda: lora_shrink(x, slots, static),
                 "zeros": lambda: torch.zeros(v.shape, dtype=v.dtype, device=device),
                 "expand": lambda: lora_expand(y, v, slots, static),
-                "correction": lambda: lora_correction(y, x, slots, static)}
+                "correction": lambda: lora_correction(y, x, slots, static),
+                "fused": lambda: lora_fused(y, x, slots, static)}
         for key, fn in runs.items():
             replay, _ = graph_replay(fn, device, REPEAT)
             out[key] = timed(replay, args.iters, device) / REPEAT
@@ -116,13 +123,15 @@ def row(shape: tuple[int, tuple[int, ...]], size: int, mix, args, device, dtype,
 
 def summary(rows: list[dict]) -> str:
     """Correction time of a whole Llama-2-7B decode step (224 projections) per variant, batch and mix."""
-    steps: dict[tuple, float] = {}
+    steps: dict[tuple, list[float]] = {}
     for r in rows:
         if "correction" in r:
-            key = (r["variant"], r["B"], r["mix"])
-            steps[key] = steps.get(key, 0.0) + LAYERS * r["correction"]
-    lines = ["| variant | B | mix | correction per step ms |", "|---|---:|---|---:|"]
-    lines += [f"| {v} | {b} | {m} | {t * 1e3:.2f} |" for (v, b, m), t in steps.items()]
+            step = steps.setdefault((r["variant"], r["B"], r["mix"]), [0.0, 0.0])
+            step[0] += LAYERS * r["correction"]
+            step[1] += LAYERS * r["fused"]
+    lines = ["| variant | B | mix | correction per step ms | fused per step ms | fused / correction |",
+             "|---|---:|---|---:|---:|---:|"]
+    lines += [f"| {v} | {b} | {m} | {t * 1e3:.2f} | {f * 1e3:.2f} | {f / t:.2f} |" for (v, b, m), (t, f) in steps.items()]
     return "\n".join(lines)
 
 
@@ -145,16 +154,17 @@ def apply(variant: dict[tuple[str, str], str]) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = ["| variant | projection | B | mix | GEMM µs | shrink µs | of it zeros µs | expand µs | correction µs | vs GEMM "
-             "| GB/s | rel err |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| GB/s | fused µs | rel err |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "gemm" not in r:
-            lines.append(f"| {r['variant']} | {r['shape']} | {r['B']} | {r['mix']} | - | - | - | - | - | - | - | {r['error']:.1e} |")
+            lines.append(f"| {r['variant']} | {r['shape']} | {r['B']} | {r['mix']} | - | - | - | - | - | - | - | - | "
+                         f"{r['error']:.1e} |")
             continue
         lines.append(
             f"| {r['variant']} | {r['shape']} | {r['B']} | {r['mix']} | {r['gemm'] * 1e6:.1f} | {r['shrink'] * 1e6:.1f} | "
             f"{r['zeros'] * 1e6:.1f} | "
             f"{r['expand'] * 1e6:.1f} | {r['correction'] * 1e6:.1f} | {r['correction'] / r['gemm']:.2f} | "
-            f"{r['bytes'] / r['correction'] / 1e9:.0f} | {r['error']:.1e} |")
+            f"{r['bytes'] / r['correction'] / 1e9:.0f} | {r['fused'] * 1e6:.1f} | {r['error']:.1e} |")
     return "\n".join(lines)
 
 

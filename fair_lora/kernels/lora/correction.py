@@ -3,18 +3,27 @@
 FAIR_LORA_TRITON=1 forces the Triton kernels for CPU tensors too (with TRITON_INTERPRET=1), which is how the
 CPU tests exercise this dispatch.
 
+Decode-sized batches (tiles of DECODE_TILE entries) can take the fused kernel (`fused.py`: shrink and expand in
+one launch) instead of the shrink and the expand; `FUSED_DECODE` (FAIR_LORA_FUSED_CORRECTION=1) turns it on. It
+is off until a GPU run shows it pays: it trades two dependent launches (and v's zeroing) for recomputing v per
+work item.
+
 `linear_with_correction` is the projection: the base GEMM, then the correction into its output. (The shrink
 on a second stream beside the base GEMM, as vLLM and SGLang overlap LoRA with the base projection, was measured
 and made decode slower here: docs/benchmarks-history.md.)
 """
+import os
+
 import torch
 import torch.nn.functional as F
 
 from fair_lora.kernels.dispatch import use_triton
-from fair_lora.kernels.lora.batch import LoRABatch
+from fair_lora.kernels.lora.batch import DECODE_TILE, LoRABatch
 from fair_lora.kernels.lora.expand_ref import lora_expand_ref
 from fair_lora.kernels.lora.shrink_ref import lora_shrink_ref
 from fair_lora.kernels.lora.slots import LoRASlots
+
+FUSED_DECODE = os.environ.get("FAIR_LORA_FUSED_CORRECTION") == "1"
 
 
 def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> None:
@@ -28,6 +37,11 @@ def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: L
     if use_triton(x):
         # Imported on first use: triton.jit reads TRITON_INTERPRET when the kernel module is imported, and a
         # CPU-only process never needs Triton at all.
+        if FUSED_DECODE and batch.tile_entries == DECODE_TILE:
+            from fair_lora.kernels.lora.fused import lora_fused
+
+            lora_fused(y, x, slots, batch)
+            return
         from fair_lora.kernels.lora.expand import lora_expand
         from fair_lora.kernels.lora.shrink import lora_shrink
 
@@ -35,7 +49,6 @@ def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: L
         return
     v = lora_shrink_ref(x, slots, batch)
     lora_expand_ref(y, v, slots, batch)
-
 
 
 def linear_with_correction(
