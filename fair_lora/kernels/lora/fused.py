@@ -36,23 +36,32 @@ GRID = 264  # programs launched (about two per SM of an H100/H200); each loops o
 
 
 @triton.jit
-def _tile_v(x_rows, a_ptr, ranks_ptr, slot, sub, width, h_in, e_ok, stride_a_slot, stride_a_rank,
-            BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """[BLOCK_E, BLOCK_R] float32 x[t] · A[slot, sub·width : sub·width + rank]ᵀ (zero past the rank), and the
-    rank (ranks_ptr: sub-projection `sub`'s row of the ranks)."""
+def _a_rows(a_ptr, ranks_ptr, slot, sub, width, stride_a_slot, stride_a_rank, BLOCK_R: tl.constexpr):
+    """Pointers to A[slot, sub·width + r] for the rank block, which of them are real (r < rank), and the rank
+    (ranks_ptr: sub-projection `sub`'s row of the ranks)."""
     rank = tl.load(ranks_ptr + slot)
     r = tl.arange(0, BLOCK_R)
-    r_ok = r < rank
-    a_rows = a_ptr + slot * stride_a_slot + (sub * width + r)[:, None] * stride_a_rank
+    return a_ptr + slot * stride_a_slot + (sub * width + r)[:, None] * stride_a_rank, r < rank, rank
+
+
+@triton.jit
+def _tile_v(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, k_end, HAS_HOT: tl.constexpr,
+            BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """[BLOCK_E, BLOCK_R] float32 x[t] · A_ownᵀ and x[t] · A_hotᵀ (zeros past each rank), in one pass over H_in
+    (k_end: h_in, or 0 when neither has a rank row to read): each block of x is loaded once for both, and the
+    serial chain is one loop, not two."""
     acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)  # not tl.zeros: see shrink.py
-    k_end = tl.where(rank > 0, h_in, 0)  # an untargeted sub-projection reads nothing
+    acc_hot = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)
     for k0 in range(0, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < h_in
-        xs = tl.load(x_rows + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-        a = tl.load(a_rows + k[None, :], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += tl.dot(xs.to(tl.float32), tl.trans(a.to(tl.float32)), input_precision=PRECISION)
-    return acc, rank
+        xs = tl.load(x_rows + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        a = tl.load(a_own + k[None, :], mask=own_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += tl.dot(xs, tl.trans(a.to(tl.float32)), input_precision=PRECISION)
+        if HAS_HOT:
+            a_h = tl.load(a_hot + k[None, :], mask=hot_ok[:, None] & k_ok[None, :], other=0.0)
+            acc_hot += tl.dot(xs, tl.trans(a_h.to(tl.float32)), input_precision=PRECISION)
+    return acc, acc_hot
 
 
 @triton.jit
@@ -79,16 +88,26 @@ def _fused_kernel(
         t = tl.load(token_idx_ptr + e, mask=e_ok, other=0)
         x_rows = x_ptr + t[:, None] * stride_x
         ranks_j = ranks_ptr + j * num_slots
-        v, rank = _tile_v(x_rows, a_ptr, ranks_j, slot, j, width, h_in, e_ok, stride_a_slot, stride_a_rank,
-                          BLOCK_E, BLOCK_R, BLOCK_K, PRECISION)
-        v = v * tl.load(scale_ptr + e, mask=e_ok, other=0.0)[:, None]
+        a_own, own_ok, rank = _a_rows(a_ptr, ranks_j, slot, j, width, stride_a_slot, stride_a_rank, BLOCK_R)
+        a_hot, hot_ok, hot_rank = a_own, own_ok, rank
+        p_ok = e_ok
+        hot_reads = rank < 0  # false
         if HAS_HOT:
             hot = tl.load(hot_slot_ptr).to(tl.int64)  # a device scalar: a captured graph follows hot switches
+            a_hot, hot_ok, hot_rank = _a_rows(a_ptr, ranks_j, hot, j, width, stride_a_slot, stride_a_rank, BLOCK_R)
             p = tl.load(hot_entry_of_ptr + e, mask=e_ok, other=-1)
-            p_ok = p >= 0  # own-adapter entries carry their token's hot subtraction along
-            v_hot, hot_rank = _tile_v(x_rows, a_ptr, ranks_j, hot, j, width, h_in, e_ok & p_ok, stride_a_slot,
-                                      stride_a_rank, BLOCK_E, BLOCK_R, BLOCK_K, PRECISION)
-            v_hot = v_hot * tl.load(scale_ptr + p, mask=e_ok & p_ok, other=0.0)[:, None]
+            p_ok = e_ok & (p >= 0)  # own-adapter entries carry their token's hot subtraction along
+            # Every entry of a non-hot tile has a hot partner, none of the hot tile's: that tile reads no A_h twice.
+            hot_rank = tl.where(slot != hot, hot_rank, 0)
+            hot_ok = tl.arange(0, BLOCK_R) < hot_rank
+            hot_reads = hot_rank > 0
+        # No walk over H_in where no rank row is read: a sub-projection neither adapter targets (q/v-only PEFT).
+        reads = (rank > 0) | hot_reads
+        v, v_hot = _tile_v(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, tl.where(reads, h_in, 0), HAS_HOT,
+                           BLOCK_E, BLOCK_R, BLOCK_K, PRECISION)
+        v = v * tl.load(scale_ptr + e, mask=e_ok, other=0.0)[:, None]
+        if HAS_HOT:
+            v_hot = v_hot * tl.load(scale_ptr + p, mask=p_ok, other=0.0)[:, None]
         r = tl.arange(0, BLOCK_R)
         for c0 in range(col, col_end, BLOCK_N):
             n = c0 + tl.arange(0, BLOCK_N)
