@@ -29,7 +29,7 @@ from benchmarks.soak.report import account, targets, write
 from benchmarks.soak.traffic import adapter_churn, generate, load_request, others, plan
 
 # Its own name: memory is sampled by replica title, and another soak on the machine (the suite's smoke run, say)
-# must not count as this one's workers (the 60-minute run of 2026-12-07 mixed in two such runs' workers).
+# must not count as this one's workers.
 APP = f"soak{os.getpid()}"
 ARGS = {  # the tiny demo model, with the routing polls of the tests
     "model": None, "max_num_seqs": 16, "max_waiting": 256, "cpu_threads": 1,

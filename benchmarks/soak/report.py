@@ -8,8 +8,9 @@ import numpy as np
 
 from benchmarks.soak.traffic import Outcome
 
-WARM_S = 120.0  # a new worker's memory grows while it warms up, not a leak: 12% in the 30 s after a replacement
-# came up in the 60-minute run of 2026-12-07, 2% after 120 s
+# A new worker's memory grows while it warms up, which is not a leak: a replacement's RSS is counted from this long
+# after it came up (docs/benchmarks-history.md, the soak, has the run that measured it).
+WARM_S = 120.0
 REPLACED_AFTER_S = 15.0  # a worker first sampled later than this (every 5 s) replaced a killed one
 
 
