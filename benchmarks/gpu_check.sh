@@ -40,8 +40,8 @@ for part in "${parts[@]}"; do
     fused)
       FAIR_LORA_FUSED_CORRECTION=1 python -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_lora_fused.py \
         tests/test_gpu_engine.py 2>&1 | tee "$out/fused_gpu_tests.log" | tail -5
-      python -m benchmarks.ops.correction --batches 32,128 --mixes 1,2 --iters 50 2>&1 | tee "$out/fused_ops.log" \
-        | sed -n '/correction per step/,$p'
+      python -m benchmarks.ops.correction --batches 32,192 --mixes 1,2,4,5,6 --iters 50 \
+        --vary lora.fused.BLOCK_K=128,256 2>&1 | tee "$out/fused_ops.log" | sed -n '/correction per step/,$p'
       for on in 0 1; do  # one engine per configuration, off then on, in one call: compare ratios within it
         FAIR_LORA_FUSED_CORRECTION=$on python -m benchmarks.e2e --modes base,fair,slora --alphas 0.02 \
           --lengths fixed --hot-shares 0.98,0.8 --requests 384 --out "$out/e2e_fused$on" 2>&1 \

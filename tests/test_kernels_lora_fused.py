@@ -96,9 +96,11 @@ def test_tiles_past_the_real_count_are_never_read(small_grid):
     assert_close(y, ref, torch.float32)
 
 
-@pytest.mark.parametrize("num_tokens,used", [(7, True), (600, False)])  # 600 tokens take prefill-sized tiles
-def test_correction_op_takes_the_fused_kernel_for_decode_batches_when_on(num_tokens, used, monkeypatch):
+# 7 tokens: a few entries; 40: more entries than FUSED_MAX_ENTRIES; 600 tokens take prefill-sized tiles
+@pytest.mark.parametrize("num_tokens,used", [(7, True), (40, False), (600, False)])
+def test_correction_op_takes_the_fused_kernel_for_few_entries_when_on(num_tokens, used, monkeypatch):
     _, _, batch, slots, x, y = make_case("base-mixed", num_tokens, 40, 56, torch.float32)
+    monkeypatch.setattr(correction_module, "FUSED_MAX_ENTRIES", 16)
     ref = reference(y, x, slots, batch)
     fused_calls, shrink_calls = [], []
     monkeypatch.setenv("FAIR_LORA_TRITON", "1")

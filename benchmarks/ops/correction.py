@@ -32,14 +32,16 @@ SHAPES = {"q/k/v 4096→3×4096": (4096, (4096,) * 3), "o 4096→4096": (4096, (
           "gate/up 4096→2×11008": (4096, (11008,) * 2), "down 11008→4096": (11008, (4096,))}
 LAYERS = 32
 REPEAT = 20  # launches per graph replay: a replay's own fixed cost would otherwise hide short kernels
-# (name, share of hot tokens, distinct cold adapters); a hot share of 0 means nothing is merged (slora).
+# (name, share of hot tokens, distinct cold adapters); a hot share of 0 means nothing is merged (slora). A share
+# above 1 is a count: B - n hot tokens and n cold ones (the few-cold steps where the fused kernel should pay).
 MIXES = (("1 adapter, none hot", 0.0, 1), ("all distinct, none hot", 0.0, None), ("90% hot, rest distinct", 0.9, None),
-         ("8 adapters, one hot", 1 / 8, 7))
+         ("8 adapters, one hot", 1 / 8, 7), ("1 cold, rest hot", 1 + 1, None), ("4 cold, rest hot", 1 + 4, None),
+         ("16 cold, rest hot", 1 + 16, None))
 
 
 def token_slots(batch: int, hot_share: float, distinct: int | None, num_slots: int) -> tuple[list[int], int | None]:
     """Each token's slot (slot 0 is the hot adapter when hot_share > 0) and the hot slot."""
-    num_hot = round(batch * hot_share)
+    num_hot = round(batch * hot_share) if hot_share <= 1 else max(0, batch - round(hot_share - 1))
     cold = batch - num_hot
     kinds = distinct or cold
     slots = [0] * num_hot + [1 + i % kinds % (num_slots - 1) for i in range(cold)]
