@@ -120,3 +120,52 @@ def test_the_engine_probes_then_keeps_or_undoes_its_merge(demo, merged_us, stays
     switch.follow_policy()
     assert engine.hot_adapter == ("adapter-1" if stays else None)
     assert ("adapter-1" in switch.gain.rejected) is not stays
+
+
+def rejected_gain(clock: Clock, share: float = 0.6) -> MergeGain:
+    """A gain whose trial of "a" (merged at `share`) showed dearer steps, and that rejected it at clock 0."""
+    gain = MergeGain(QUICK, clock)
+    steps(gain, None, 6, 10.0)
+    gain.switched("a", share)
+    steps(gain, "a", 4, 12.0)
+    assert gain.verdict() is False
+    gain.reject("a")
+    gain.switched(None, 0.0)
+    return gain
+
+
+def test_declined_tells_which_rejections_hold_now_by_each_lift_rule_and_lifts_nothing():
+    """declined() is what allows() would refuse, asked without asking allows(): the cluster's plan stops
+    assigning a declined adapter, so nothing else would ever lift its rejection."""
+    clock = Clock()
+    gain = rejected_gain(clock)
+    assert gain.declined({"a": 0.62}) == ["a"]
+    assert gain.declined({"a": 0.66}) == [], "its share grew by retry_share"
+    assert gain.declined({}) == ["a"], "an adapter absent from the window has share 0"
+    clock.now = 59.0
+    assert gain.declined({"a": 0.6}) == ["a"]
+    clock.now = 60.0
+    assert gain.declined({"a": 0.6}) == [], "retry_s passed"
+    assert "a" in gain.rejected, "declined() changes nothing"
+    assert gain.allows("a", 0.6) and "a" not in gain.rejected
+
+
+def test_a_step_of_the_declined_adapter_alone_lifts_its_rejection_though_nobody_asks_about_it():
+    gain = rejected_gain(Clock())
+    gain.record(None, 8, 8, 8e-5, 800, sole_adapter="b")
+    assert gain.declined({"a": 0.6}) == ["a"]
+    gain.record(None, 8, 8, 8e-5, 800, sole_adapter="a")
+    gain.record(None, 8, 8, 8e-5, 800, sole_adapter=None)  # a later mixed step does not bring it back
+    assert gain.declined({"a": 0.6}) == [] and "a" not in gain.rejected
+
+
+def test_a_rejection_waits_for_growth_past_the_share_its_verdict_came_at():
+    """Behind the Ray app's router a worker's share of its merged adapter grows during the trial (the adapter's
+    requests are sent to it): that growth must not retry at once the merge that just failed."""
+    gain = MergeGain(QUICK, Clock())
+    steps(gain, None, 6, 10.0)
+    gain.switched("a", 0.6)
+    steps(gain, "a", 4, 12.0)
+    gain.reject("a", share=0.8)
+    assert gain.declined({"a": 0.84}) == ["a"] and not gain.allows("a", 0.84)
+    assert gain.declined({"a": 0.86}) == []
