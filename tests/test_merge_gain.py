@@ -1,6 +1,7 @@
 """A merge the popularity window asks for stays only if the engine's own decode steps say it pays."""
 import pytest
 
+from fair_lora.errors import FairLoRAError, UnknownAdapterError
 from fair_lora.hot_adapter.merge_gain import MergeGain, MergeGainConfig
 from fair_lora import SamplingParams
 from tests.engine_helpers import make_engine
@@ -169,3 +170,71 @@ def test_a_rejection_waits_for_growth_past_the_share_its_verdict_came_at():
     gain.reject("a", share=0.8)
     assert gain.declined({"a": 0.84}) == ["a"] and not gain.allows("a", 0.84)
     assert gain.declined({"a": 0.86}) == []
+
+
+def assigned_engine(demo, clock: Clock):
+    """An engine as the app's workers run it (auto_hot=False), with a quick trial and unmerged steps to compare."""
+    engine = make_engine(demo)
+    engine.hot_switch.gain = MergeGain(QUICK, clock)
+    steps(engine.hot_switch.gain, None, 6, 10.0)
+    return engine
+
+
+def test_an_assigned_merge_that_does_not_pay_is_undone_reported_declined_and_merged_again_once_lifted(demo):
+    clock = Clock()
+    engine = assigned_engine(demo, clock)
+    switch = engine.hot_switch
+    assert engine.assign_hot_adapter("adapter-1") > 0.0
+    assert engine.hot_adapter == "adapter-1", "merged at once: a trial"
+    steps(switch.gain, "adapter-1", 4, 14.0)
+    switch.between_steps(auto_hot=False)
+    assert engine.hot_adapter is None
+    assert engine.declined_merges() == ["adapter-1"] == engine.stats()["merge_gain"]["declined"]
+    assert engine.stats()["merge_gain"]["assigned"] == "adapter-1"
+    assert engine.assign_hot_adapter("adapter-1") == 0.0 and engine.hot_adapter is None, "still declined"
+    clock.now = QUICK.retry_s
+    assert engine.declined_merges() == []
+    # step() follows the assignment between steps: base-model requests, so adapter-1's share stays 0 and only
+    # the time lifted its rejection.
+    engine.generate([[5, 6, 7]], [None], greedy_params())
+    assert engine.hot_adapter == "adapter-1"
+
+
+def test_an_assigned_merge_that_pays_stays(demo):
+    clock = Clock()
+    engine = assigned_engine(demo, clock)
+    engine.assign_hot_adapter("adapter-2")
+    steps(engine.hot_switch.gain, "adapter-2", 4, 6.0)
+    for _ in range(3):
+        engine.hot_switch.between_steps(auto_hot=False)
+    assert engine.hot_adapter == "adapter-2" and engine.declined_merges() == []
+
+
+def test_a_manual_switch_ends_the_assignment_and_a_new_assignment_acts_at_once(demo):
+    engine = assigned_engine(demo, Clock())
+    engine.assign_hot_adapter("adapter-1")
+    engine.set_hot_adapter("adapter-2")
+    assert not engine.hot_switch.assignment and "assigned" not in engine.stats()["merge_gain"]
+    steps(engine.hot_switch.gain, "adapter-2", 4, 14.0)  # a manual merge is not judged: it stays however it costs
+    engine.generate([[5, 6, 7]], [None], greedy_params())
+    assert engine.hot_adapter == "adapter-2"
+    engine.set_hot_adapter(None)
+    assert engine.assign_hot_adapter("adapter-1") > 0.0 and engine.hot_adapter == "adapter-1", \
+        "followed before the manual switches, assigned again: merged now"
+
+
+def test_an_assignment_overrides_the_engines_own_policy(demo):
+    engine = make_engine(demo, auto_hot=True, merge_trial_steps=0)
+    engine.window.record("adapter-1", 20)
+    engine.assign_hot_adapter("adapter-3")
+    engine.generate([[5, 6, 7]], [None], greedy_params())
+    assert engine.hot_adapter == "adapter-3"
+
+
+def test_an_assignment_needs_a_known_adapter_and_fair_mode(demo):
+    with pytest.raises(UnknownAdapterError):
+        make_engine(demo).assign_hot_adapter("nope")
+    slora = make_engine(demo, mode="slora")
+    with pytest.raises(FairLoRAError):
+        slora.assign_hot_adapter("adapter-1")
+    assert slora.declined_merges() == [] and slora.stats()["merge_gain"] is None
