@@ -2,6 +2,7 @@
 that the merge's own step costs judge (merge_gain.py): the engine's hot policy (auto_hot), or an adapter
 assigned from outside (the Ray app's cluster-wide plan). An assignment, while there is one, is followed instead
 of the policy; a switch by hand ends it, so the two never fight over the weights."""
+import logging
 import time
 
 import torch
@@ -11,6 +12,8 @@ from fair_lora.hot_adapter.merge_gain import MergeGain
 from fair_lora.hot_adapter.popularity import HotAdapterPolicy, PopularityWindow
 from fair_lora.lora.adapter_pool import AdapterPool
 from fair_lora.lora.hot_merge import HotMerger
+
+logger = logging.getLogger("fair_lora")
 
 
 class HotSwitch:
@@ -89,10 +92,13 @@ class HotSwitch:
         return self.follow(name)
 
     def between_steps(self, auto_hot: bool) -> None:
-        if self.assignment:
-            self.follow(self.assigned)
-        elif auto_hot:
-            self.follow_policy()
+        try:
+            if self.assignment:
+                self.follow(self.assigned)
+            elif auto_hot:
+                self.follow_policy()
+        except HotSwitchError as error:  # every weight is restored (set_hot): the step runs unmerged, as it may
+            logger.warning("%s; it is tried again when the choice changes", error)
 
     def follow_policy(self) -> None:
         if self.merger is not None:
@@ -110,9 +116,8 @@ class HotSwitch:
             self.followed = choice
             return 0.0
         if choice is None or (choice in self.pool.adapters and self.pool.can_acquire(choice)):
-            seconds = self.set_hot(choice)
-            self.followed = choice
-            return seconds
+            self.followed = choice  # also when the merge fails: not retried every step, only when the choice moves
+            return self.set_hot(choice)
         return 0.0
 
     def declined(self) -> list[str]:
