@@ -4,7 +4,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from fair_lora import EngineConfig, PopularityConfig
 
@@ -87,6 +87,9 @@ class AppArgs(_Strict):
     num_kv_tokens: PositiveInt | None = ENGINE.num_kv_tokens
     gpu_memory_utilization: float = Field(ENGINE.gpu_memory_utilization, gt=0.0, le=1.0)
     scheduling_policy: Literal["fcfs", "vtc"] = ENGINE.scheduling_policy
+    # Each merge the cluster's plan assigns is a trial of this many decode steps, undone (and the adapter planned
+    # out for a while) if it does not make them cheaper per token; 0: every assigned merge stays.
+    merge_trial_steps: NonNegativeInt = ENGINE.merge_trial_steps
     client_weights: dict[str, PositiveFloat] = Field(default_factory=dict)  # vtc: client -> weight (default 1)
     max_request_bytes: PositiveInt = 1 << 20  # larger HTTP bodies get 413 before they are read
     access_log: bool = False  # one INFO line per request in the ingress and the workers
@@ -140,7 +143,7 @@ class AppArgs(_Strict):
         return EngineConfig(
             **self.model_dump(include=ENGINE_KEYS),
             popularity=self.popularity.config(),
-            auto_hot=False,  # the cluster-wide plan decides, through set_hot_adapter
+            auto_hot=False,  # the cluster-wide plan decides, through assign_hot_adapter (judged: merge_trial_steps)
         )
 
     @property

@@ -153,12 +153,19 @@ class LoRAWorker:
     async def adapters(self) -> list[str]:
         return await self.engine.call("adapters")
 
+    # The switches these make reach hot_adapter, the metrics and switch_history through the engine's switch log
+    # (HotAdapterSync.record_switches), with those the engine makes by itself after a merge's trial.
     async def set_hot_adapter(self, name: str | None) -> float:
-        old = self.hot_adapter
-        seconds = await self.engine.call("set_hot_adapter", name)
-        self.hot_adapter = name
-        self.metrics.switch(old, name, seconds)
-        return seconds
+        return await self.engine.call("set_hot_adapter", name)
+
+    async def assign_hot_adapter(self, name: str | None) -> float:
+        return await self.engine.call("assign_hot_adapter", name)
+
+    async def declined_merges(self) -> list[str]:
+        return await self.engine.call("declined_merges")
+
+    async def switches_since(self, count: int) -> list[tuple[str | None, float]]:
+        return await self.engine.call("switches_since", count)
 
     async def load_adapter(self, name: str, path: str) -> FairLoRAError | None:
         """Returns the error instead of raising it, so a broadcast can tell each worker's outcome apart."""

@@ -8,6 +8,10 @@ it answers `planned=False` and workers keep the adapter they have merged. The pl
 worker's merge from its first report and plans only once every worker has reported (or ADOPTION_WAIT_S has
 passed), so a restarted tracker moves only the merges the new window no longer supports. The adapters loaded at
 runtime are rebuilt from the workers' reports, minus those unloaded since the tracker started.
+
+Each worker judges the merges it is assigned by its own step costs (merge_gain.py) and reports the adapters whose
+merge did not pay there (`declined`); the plan leaves out the union of them over the workers' latest reports
+until the workers stop reporting them (their rejection lifted: more traffic, time, or a batch of theirs alone).
 """
 import time
 from collections import Counter
@@ -56,9 +60,14 @@ class PopularityTracker:
         return Assignment(hot_adapter=hot, planned=self._planned, runtime_adapters=dict(self._registered))
 
     def _plan(self) -> list[str | None]:
-        plan = self._planner.plan(self._window)
+        plan = self._planner.plan(self._window, self._declined())
         self._planned = self._planned or self._window.total() >= self.config.min_requests
         return plan
+
+    def _declined(self) -> frozenset[str]:
+        """Declined by any worker of the current fleet (a rank gone since a scale-down no longer speaks for it)."""
+        size = len(self._planner.current)
+        return frozenset(a for rank, (_, r) in self._reports.items() if rank < size for a in r.declined)
 
     async def register_adapter(self, name: str, path: str) -> None:
         self._unloaded.discard(name)
@@ -75,10 +84,11 @@ class PopularityTracker:
             "shares": self._window.shares(),
             "plan": self._planner.current,
             "planned": self._planned,
+            "declined": sorted(self._declined()),
             "tracker_uptime_s": now - self._started,
             "config": vars(self.config),
             "workers": {
-                rank: {"hot_adapter": r.hot_adapter, "queue": r.queue, "report_age_s": now - at}
+                rank: {"hot_adapter": r.hot_adapter, "queue": r.queue, "declined": r.declined, "report_age_s": now - at}
                 for rank, (at, r) in sorted(self._reports.items())
             },
             "runtime_adapters": dict(self._registered),

@@ -81,6 +81,7 @@ class WorkerReport:
     queue: int  # waiting + running requests
     runtime_adapters: dict[str, str]  # adapters loaded over HTTP after start: name -> path
     service: dict[str, float] = field(default_factory=dict)  # tokens served per client since the worker started
+    declined: list[str] = field(default_factory=list)  # adapters whose merge did not pay here (not to be assigned)
 
 
 @dataclass

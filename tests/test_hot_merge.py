@@ -81,3 +81,25 @@ def test_a_merge_that_fails_part_way_restores_the_base_and_keeps_serving(demo, o
     assert_matches_oracle(engine, oracle, outputs, 6)
     engine.set_hot_adapter("adapter-3")  # and the next switch works
     assert engine.hot_adapter == "adapter-3"
+
+
+def test_a_judged_merge_that_fails_between_steps_leaves_the_step_unmerged_and_is_not_retried(demo, monkeypatch):
+    """An assigned (or auto_hot) merge runs inside step(): its failure must not fail the step, and a merge that
+    fails is not attempted again every step, only when the choice changes."""
+    engine = make_engine(demo)
+    import fair_lora.lora.hot_merge as hot_merge
+
+    attempts = []
+
+    def failing_merge(weight, pristine, b_t, a, scaling):
+        attempts.append(1)
+        raise torch.OutOfMemoryError("injected")
+
+    monkeypatch.setattr(hot_merge, "lora_merge_ref", failing_merge)
+    engine.hot_switch.assignment, engine.hot_switch.assigned = True, "adapter-3"  # as assign() leaves it
+    outputs = engine.generate(*zip(*request_mix(demo)), greedy(3))
+    assert all(o.finished and o.token_ids for o in outputs) and engine.hot_adapter is None
+    assert len(attempts) == 1, "the failed merge was retried on later steps"
+    monkeypatch.undo()
+    engine.assign_hot_adapter("adapter-1")  # a new choice is merged
+    assert engine.hot_adapter == "adapter-1"

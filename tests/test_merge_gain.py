@@ -1,6 +1,7 @@
 """A merge the popularity window asks for stays only if the engine's own decode steps say it pays."""
 import pytest
 
+from fair_lora.errors import FairLoRAError, UnknownAdapterError
 from fair_lora.hot_adapter.merge_gain import MergeGain, MergeGainConfig
 from fair_lora import SamplingParams
 from tests.engine_helpers import make_engine
@@ -120,3 +121,120 @@ def test_the_engine_probes_then_keeps_or_undoes_its_merge(demo, merged_us, stays
     switch.follow_policy()
     assert engine.hot_adapter == ("adapter-1" if stays else None)
     assert ("adapter-1" in switch.gain.rejected) is not stays
+
+
+def rejected_gain(clock: Clock, share: float = 0.6) -> MergeGain:
+    """A gain whose trial of "a" (merged at `share`) showed dearer steps, and that rejected it at clock 0."""
+    gain = MergeGain(QUICK, clock)
+    steps(gain, None, 6, 10.0)
+    gain.switched("a", share)
+    steps(gain, "a", 4, 12.0)
+    assert gain.verdict() is False
+    gain.reject("a")
+    gain.switched(None, 0.0)
+    return gain
+
+
+def test_declined_tells_which_rejections_hold_now_by_each_lift_rule_and_lifts_nothing():
+    """declined() is what allows() would refuse, asked without asking allows(): the cluster's plan stops
+    assigning a declined adapter, so nothing else would ever lift its rejection."""
+    clock = Clock()
+    gain = rejected_gain(clock)
+    assert gain.declined({"a": 0.62}) == ["a"]
+    assert gain.declined({"a": 0.66}) == [], "its share grew by retry_share"
+    assert gain.declined({}) == ["a"], "an adapter absent from the window has share 0"
+    clock.now = 59.0
+    assert gain.declined({"a": 0.6}) == ["a"]
+    clock.now = 60.0
+    assert gain.declined({"a": 0.6}) == [], "retry_s passed"
+    assert "a" in gain.rejected, "declined() changes nothing"
+    assert gain.allows("a", 0.6) and "a" not in gain.rejected
+
+
+def test_a_step_of_the_declined_adapter_alone_lifts_its_rejection_though_nobody_asks_about_it():
+    gain = rejected_gain(Clock())
+    gain.record(None, 8, 8, 8e-5, 800, sole_adapter="b")
+    assert gain.declined({"a": 0.6}) == ["a"]
+    gain.record(None, 8, 8, 8e-5, 800, sole_adapter="a")
+    gain.record(None, 8, 8, 8e-5, 800, sole_adapter=None)  # a later mixed step does not bring it back
+    assert gain.declined({"a": 0.6}) == [] and "a" not in gain.rejected
+
+
+def test_a_rejection_waits_for_growth_past_the_share_its_verdict_came_at():
+    """Behind the Ray app's router a worker's share of its merged adapter grows during the trial (the adapter's
+    requests are sent to it): that growth must not retry at once the merge that just failed."""
+    gain = MergeGain(QUICK, Clock())
+    steps(gain, None, 6, 10.0)
+    gain.switched("a", 0.6)
+    steps(gain, "a", 4, 12.0)
+    gain.reject("a", share=0.8)
+    assert gain.declined({"a": 0.84}) == ["a"] and not gain.allows("a", 0.84)
+    assert gain.declined({"a": 0.86}) == []
+
+
+def assigned_engine(demo, clock: Clock):
+    """An engine as the app's workers run it (auto_hot=False), with a quick trial and unmerged steps to compare."""
+    engine = make_engine(demo)
+    engine.hot_switch.gain = MergeGain(QUICK, clock)
+    steps(engine.hot_switch.gain, None, 6, 10.0)
+    return engine
+
+
+def test_an_assigned_merge_that_does_not_pay_is_undone_reported_declined_and_merged_again_once_lifted(demo):
+    clock = Clock()
+    engine = assigned_engine(demo, clock)
+    switch = engine.hot_switch
+    assert engine.assign_hot_adapter("adapter-1") > 0.0
+    assert engine.hot_adapter == "adapter-1", "merged at once: a trial"
+    steps(switch.gain, "adapter-1", 4, 14.0)
+    switch.between_steps(auto_hot=False)
+    assert engine.hot_adapter is None
+    assert engine.declined_merges() == ["adapter-1"] == engine.stats()["merge_gain"]["declined"]
+    assert engine.stats()["merge_gain"]["assigned"] == "adapter-1"
+    assert engine.assign_hot_adapter("adapter-1") == 0.0 and engine.hot_adapter is None, "still declined"
+    clock.now = QUICK.retry_s
+    assert engine.declined_merges() == []
+    # step() follows the assignment between steps: base-model requests, so adapter-1's share stays 0 and only
+    # the time lifted its rejection.
+    engine.generate([[5, 6, 7]], [None], greedy_params())
+    assert engine.hot_adapter == "adapter-1"
+
+
+def test_an_assigned_merge_that_pays_stays(demo):
+    clock = Clock()
+    engine = assigned_engine(demo, clock)
+    engine.assign_hot_adapter("adapter-2")
+    steps(engine.hot_switch.gain, "adapter-2", 4, 6.0)
+    for _ in range(3):
+        engine.hot_switch.between_steps(auto_hot=False)
+    assert engine.hot_adapter == "adapter-2" and engine.declined_merges() == []
+
+
+def test_a_manual_switch_ends_the_assignment_and_a_new_assignment_acts_at_once(demo):
+    engine = assigned_engine(demo, Clock())
+    engine.assign_hot_adapter("adapter-1")
+    engine.set_hot_adapter("adapter-2")
+    assert not engine.hot_switch.assignment and "assigned" not in engine.stats()["merge_gain"]
+    steps(engine.hot_switch.gain, "adapter-2", 4, 14.0)  # a manual merge is not judged: it stays however it costs
+    engine.generate([[5, 6, 7]], [None], greedy_params())
+    assert engine.hot_adapter == "adapter-2"
+    engine.set_hot_adapter(None)
+    assert engine.assign_hot_adapter("adapter-1") > 0.0 and engine.hot_adapter == "adapter-1", \
+        "followed before the manual switches, assigned again: merged now"
+
+
+def test_an_assignment_overrides_the_engines_own_policy(demo):
+    engine = make_engine(demo, auto_hot=True, merge_trial_steps=0)
+    engine.window.record("adapter-1", 20)
+    engine.assign_hot_adapter("adapter-3")
+    engine.generate([[5, 6, 7]], [None], greedy_params())
+    assert engine.hot_adapter == "adapter-3"
+
+
+def test_an_assignment_needs_a_known_adapter_and_fair_mode(demo):
+    with pytest.raises(UnknownAdapterError):
+        make_engine(demo).assign_hot_adapter("nope")
+    slora = make_engine(demo, mode="slora")
+    with pytest.raises(FairLoRAError):
+        slora.assign_hot_adapter("adapter-1")
+    assert slora.declined_merges() == [] and slora.stats()["merge_gain"] is None

@@ -323,3 +323,48 @@ def test_traffic_shifting_from_a_to_b_moves_workers_without_a_switch_storm(clock
             seen.append(sorted(plan, key=str))
     assert seen == [["a", "a"], ["a", "b"], ["b", "b"]]
     assert changes == 4  # two first assignments, then one hand-over per worker: noise never flips one back
+
+
+# --- WorkerPlanner with declined merges ---------------------------------------------------------------
+
+
+def test_a_declined_adapters_seats_go_to_nobody_and_the_others_keep_theirs(clock):
+    """a (60%) and b (40%) take two workers each of four; a declined (its merge did not pay on a worker) frees
+    its two seats, but b, whose own share warrants two, does not take them: b's share is not renormalised to
+    100% as if a's requests had not been seen. A c at 20% would not get a seat from a either."""
+    window = full_window(clock)
+    window.merge_counts({"a": 60, "b": 40})
+    assert Counter(WorkerPlanner(4, window.config, clock).plan(window, declined=frozenset({"a"}))) == {"b": 2, None: 2}
+    window.merge_counts({"a": 60, "b": 20, "c": 20})
+    assert WorkerPlanner(2, window.config, clock).plan(window, declined=frozenset({"a"})) == [None, None]
+    assert WorkerPlanner(2, window.config, clock).plan(window) == ["a", None], "without the decline a takes a seat"
+
+
+def test_a_declined_adapter_leaves_its_worker_once_the_dwell_is_over_and_comes_back_when_no_longer_declined(clock):
+    window = full_window(clock, min_dwell_s=5.0)
+    planner = WorkerPlanner(2, window.config, clock)
+    window.merge_counts({"a": 45, "b": 45, None: 10})
+    first = planner.plan(window)
+    assert sorted(first) == ["a", "b"]
+    clock.advance(1)
+    assert planner.plan(window, declined=frozenset({"a"})) == first, "dwell: a worker changes at most once per 5 s"
+    clock.advance(4)
+    expected = [None if adapter == "a" else adapter for adapter in first]
+    assert planner.plan(window, declined=frozenset({"a"})) == expected, "b's worker untouched"
+    clock.advance(5)
+    assert planner.plan(window) == first, "no longer declined: a takes its seat again"
+
+
+def test_declined_adapters_leave_the_hysteresis_of_the_others_intact(clock):
+    """b held between exit and enter share stays held while a, declined, holds no seat; a challenger still
+    needs to beat b by the hysteresis gap."""
+    window = full_window(clock)
+    planner = WorkerPlanner(1, window.config, clock)
+    window.merge_counts({"b": 60, None: 40})
+    assert planner.plan(window) == ["b"]
+    clock.advance(10)
+    window.merge_counts({"a": 50, "b": 35, None: 15})
+    assert planner.plan(window, declined=frozenset({"a"})) == ["b"]
+    clock.advance(10)
+    window.merge_counts({"b": 40, "c": 55, None: 5})  # c ahead, but by less than enter - exit
+    assert planner.plan(window, declined=frozenset({"a"})) == ["b"]

@@ -23,7 +23,10 @@ ROUTING = {"stats_period_s": 0.2, "flush_s": 0.05, "assignment_poll_s": 0.1}
 
 @pytest.fixture(scope="module")
 def app(ray_cluster):
-    served = deploy(ray_cluster, "popularity_app", {**demo_config_args(), "popularity": POPULARITY, "routing": ROUTING})
+    # Planning and routing are under test here, not whether a merge pays: on a loaded CPU a trial could undo the
+    # merge (and add its undo and probe to the switch history), so merge_trial_steps 0 keeps every assigned merge.
+    args = {**demo_config_args(), "popularity": POPULARITY, "routing": ROUTING, "merge_trial_steps": 0}
+    served = deploy(ray_cluster, "popularity_app", args)
     yield served
     undeploy(served)
 

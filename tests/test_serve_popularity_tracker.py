@@ -7,8 +7,9 @@ from deployments.worker_protocol import WorkerReport
 from fair_lora.hot_adapter.popularity import PopularityConfig
 
 
-def sync(actor, rank: int, world: int, hot: str | None):
-    return asyncio.run(actor.sync_worker(WorkerReport(rank, world, hot, queue=0, runtime_adapters={})))
+def sync(actor, rank: int, world: int, hot: str | None, declined: tuple[str, ...] = ()):
+    report = WorkerReport(rank, world, hot, queue=0, runtime_adapters={}, declined=list(declined))
+    return asyncio.run(actor.sync_worker(report))
 
 
 def test_restarted_tracker_waits_for_every_worker_then_moves_one_merge_not_two():
@@ -31,3 +32,25 @@ def test_a_worker_that_never_reports_does_not_block_planning(monkeypatch):
     monkeypatch.setattr(popularity_tracker, "ADOPTION_WAIT_S", 0.0)
     assignment = sync(actor, 0, 2, None)
     assert assignment.planned and assignment.hot_adapter == "a"
+
+
+def test_the_plan_leaves_out_what_any_worker_declined_until_it_stops_declining_it():
+    """Each worker reports the adapters whose merge did not pay on it; the tracker plans the union of its workers'
+    latest reports out (a's seats go to nobody), shows it in its snapshot, and plans a again once no worker
+    declines it any more. A rank gone since a scale-down no longer speaks."""
+    actor = PopularityTracker(PopularityConfig(min_requests=10, min_dwell_s=0.0))
+    asyncio.run(actor.record({"a": 50, "b": 50}))
+    sync(actor, 0, 2, None)
+    assert sorted(actor._planner.current, key=str) == [None, None]  # w1 unheard yet: no plan
+    assert sync(actor, 1, 2, None, declined=("a",)).hot_adapter is None, "w1 declined a: nobody gets it"
+    assert sync(actor, 0, 2, None).hot_adapter == "b", "w0 gets b, not a, though a never failed on w0"
+    snapshot = asyncio.run(actor.snapshot())
+    assert snapshot["declined"] == ["a"] and snapshot["plan"] == ["b", None]
+    assert [w["declined"] for w in snapshot["workers"].values()] == [[], ["a"]]
+    sync(actor, 0, 2, "b", declined=("c",))
+    assert asyncio.run(actor.snapshot())["declined"] == ["a", "c"]
+    assert sync(actor, 1, 2, None).hot_adapter == "a", "w1's rejection of a lifted (time passed, or a grew)"
+    assert asyncio.run(actor.snapshot())["declined"] == ["c"]
+    sync(actor, 1, 2, "a", declined=("a", "d"))
+    sync(actor, 0, 1, "b", declined=())  # scaled down to one worker
+    assert asyncio.run(actor.snapshot())["declined"] == [], "rank 1's last report no longer counts"

@@ -18,6 +18,9 @@ HOT, SHIFTED = "adapter-2", "adapter-4"
 ARGS = {
     **demo_config_args(),
     "max_num_seqs": 8,
+    # Plan and routing across nodes are under test, not whether a merge pays on these CPUs: a trial that undid
+    # the merge would leave the waits below to timing.
+    "merge_trial_steps": 0,
     "workers": {"num_replicas": 2, "num_cpus": 0.1, "resources": {"fair_lora_worker": 1}},
     "ingress": {"num_replicas": 1, "num_cpus": 0.1, "resources": {"fair_lora_head": 1}},
     "popularity": {"window_s": 20, "window_requests": 30, "enter_share": 0.6, "exit_share": 0.3, "min_dwell_s": 1.0,

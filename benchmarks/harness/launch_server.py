@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-adapter-slots", type=int, default=None)
+    p.add_argument("--merge-trial-steps", type=int, default=None,
+                   help="decode steps a worker measures before it keeps an assigned merge; 0: keep every merge "
+                   "(default: the app's, 32)")
     p.add_argument("--max-waiting", type=int, default=4096,
                    help="queued requests per worker before 429; large, as S-LoRA never rejects (4096)")
     p.add_argument("--cpu-threads", type=int, default=None, help="torch threads per worker")
@@ -112,6 +115,7 @@ def build_app_args(opts: argparse.Namespace, assets: Assets) -> dict:
     optional = {
         "num_kv_tokens": opts.num_token, "max_num_seqs": opts.max_num_seqs,
         "max_num_batched_tokens": opts.max_num_batched_tokens, "max_adapter_slots": opts.max_adapter_slots,
+        "merge_trial_steps": opts.merge_trial_steps,
         "cpu_threads": opts.cpu_threads, "demo_dir": assets.demo_dir, "max_model_len": opts.max_model_len,
         "served_model_name": opts.served_model_name,
         "popularity": None if opts.popularity_window_s is None else {"window_s": opts.popularity_window_s},

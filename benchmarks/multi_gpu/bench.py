@@ -44,9 +44,11 @@ STOP_TIMEOUT_S = 120.0
 GPU = {"setting": "R16", "num_adapters": 100, "rate_per_gpu": 6.0, "duration": 60.0, "lengths": (8, 512),
        "scenarios": list(SCENARIOS), "server_args": ["--dummy", "--device", "cuda", "--dtype", "bfloat16"]}
 # The dry run: the demo model on the CPU, short traces, a short popularity window so that plans change within them.
+# It checks the plan and the routing, not whether merges pay on a shared CPU: every assigned merge stays.
 DRY = {"setting": "Demo", "num_adapters": 8, "rate_per_gpu": 3.0, "duration": 12.0, "lengths": (8, 48),
        "scenarios": ["two-hot", "shift"], "server_args": ["--device", "cpu", "--num-cpus", "2", "--num-token",
-                                                          "4000", "--cpu-threads", "1", "--popularity-window-s", "5"]}
+                                                          "4000", "--cpu-threads", "1", "--popularity-window-s", "5",
+                                                          "--merge-trial-steps", "0"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

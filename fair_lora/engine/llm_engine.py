@@ -65,7 +65,7 @@ class LLMEngine:
         merger = HotMerger(linears) if config.mode == "fair" else None  # its pristine copy counts before the KV cache
         self.blocks, self.scheduler, self.runner = self._build_batching(config)
         self.window = PopularityWindow(config.popularity)
-        gain = MergeGain(MergeGainConfig(trial_steps=config.merge_trial_steps)) if config.auto_hot else None
+        gain = MergeGain(MergeGainConfig(trial_steps=config.merge_trial_steps)) if merger is not None else None
         self.hot_switch = HotSwitch(self.pool, merger, HotAdapterPolicy(config.popularity), self.window, gain)
         self.sequences: dict[str, Sequence] = {}
         text_tokenizer = self.tokenizer if config.detokenize else None
@@ -159,8 +159,17 @@ class LLMEngine:
         return self.hot_switch.switches
 
     def set_hot_adapter(self, name: str | None) -> float:
-        """Merge `name` (None: restore the base weights) between steps; returns the switch time in seconds."""
-        return self.hot_switch.set_hot(name)
+        """Merge `name` (None: restore the base weights) between steps, unjudged; returns the switch time in seconds.
+        It ends any assign_hot_adapter() assignment, so the two never fight over the weights."""
+        return self.hot_switch.set_by_hand(name)
+
+    def assign_hot_adapter(self, name: str | None) -> float:
+        """Keep `name` merged (None: nothing) as far as its merge pays: followed from now on and judged like an
+        auto_hot merge (hot_adapter/merge_gain.py); returns the seconds of the switch made now (0.0: none)."""
+        return self.hot_switch.assign(name)
+
+    def declined_merges(self) -> list[str]:  # adapters whose merge did not pay here, not to be tried again yet
+        return self.hot_switch.declined()
 
     # ---- requests --------------------------------------------------------------------------------------
 
@@ -219,8 +228,7 @@ class LLMEngine:
         resolves the previous step's tokens while the device runs this one, so its outputs are one step late and
         the host's work overlaps the device's (launched_step.py). A failure while launching fails only the
         requests that cause it (step_isolation.py)."""
-        if self.config.auto_hot:
-            self.hot_switch.follow_policy()  # between steps, never inside one
+        self.hot_switch.between_steps(self.config.auto_hot)  # never inside one
         start = time.perf_counter()
         out = self.scheduler.schedule()
         launched = self._launch(out.scheduled)
@@ -336,5 +344,5 @@ class LLMEngine:
             "switches": len(self.switches),
             "preemptions": self.totals.preemptions,
             "step_totals": dataclasses.asdict(self.totals),
-            "merge_gain": self.hot_switch.gain.snapshot() if self.hot_switch.gain is not None else None,
+            "merge_gain": self.hot_switch.snapshot(),
         }

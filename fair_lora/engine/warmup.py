@@ -71,7 +71,7 @@ def run_warm_up(engine) -> None:
         graphs.capture_all(engine.pool.slot_scales, hot_slots)
     engine.window = engine.hot_switch.window = window
     engine.hot_switch.switches[:] = switches
-    engine.hot_switch.policy_choice = None
+    engine.hot_switch.followed = None
     engine.totals = StepTotals()  # serving's counts start after warm-up
 
 

@@ -16,6 +16,10 @@ base-model forward with no correction launched at all, while unmerged it runs th
 judged while cold tokens shared every step (where the correction's fixed latency makes merged and unmerged
 steps cost about the same) says nothing about it. So such a step lifts the rejection at once, and the next
 trial sees the steps as they now are.
+
+The merges judged are the engine's own (auto_hot) and those assigned to it from outside (the Ray app's
+cluster-wide plan, `assign_hot_adapter`); `declined()` tells which adapters are rejected now, so the plan
+leaves them out until a lift rule above frees them.
 """
 import math
 import time
@@ -74,6 +78,9 @@ class MergeGain:
         sole_adapter: the adapter of every sequence of the step when they all share one, else None."""
         self.since_switch += 1
         self.sole_adapter = sole_adapter
+        # Lifted here, not only in allows(): an adapter the engine no longer asks about (the cluster's plan left
+        # it out) would otherwise stay declined whatever its steps showed.
+        self.rejected.pop(sole_adapter, None)
         if num_seqs == 0 or num_tokens != num_seqs or seconds <= 0 or self.since_switch <= self.config.settle_steps:
             return
         costs = self.unmerged if hot is None else self.trial
@@ -88,14 +95,20 @@ class MergeGain:
 
     def allows(self, adapter: str, share: float) -> bool:
         """Whether `adapter` may be merged (tried) at `share` of the traffic."""
-        rejection = self.rejected.get(adapter)
-        if rejection is None:
-            return True
-        if (share >= rejection.share + self.config.retry_share or self.clock() - rejection.at >= self.config.retry_s
-                or self.sole_adapter == adapter):
+        if adapter in self.rejected and not self._holds(adapter, share):
             del self.rejected[adapter]
-            return True
-        return False
+        return adapter not in self.rejected
+
+    def declined(self, shares: dict[str, float]) -> list[str]:
+        """The adapters whose rejection holds now at these shares (what allows() would refuse), changing nothing.
+        It applies allows()'s lift rules itself: an adapter left unasked (no longer chosen or assigned) is not
+        declined for ever because allows() never ran for it."""
+        return sorted(a for a in self.rejected if self._holds(a, shares.get(a, 0.0)))
+
+    def _holds(self, adapter: str, share: float) -> bool:
+        rejection = self.rejected[adapter]
+        return not (share >= rejection.share + self.config.retry_share
+                    or self.clock() - rejection.at >= self.config.retry_s or self.sole_adapter == adapter)
 
     def verdict(self) -> bool | None:
         """Whether the current merge pays: None until `trial_steps` merged decode steps share a batch-size bucket
@@ -122,8 +135,11 @@ class MergeGain:
         enough = sum(self.unmerged[b].steps for b in common) >= self.config.probe_steps
         return enough or self.since_switch > self.config.settle_steps + 4 * self.config.probe_steps
 
-    def reject(self, adapter: str) -> None:
-        self.rejected[adapter] = _Rejection(self.trial_share, self.clock())
+    def reject(self, adapter: str, share: float = 0.0) -> None:
+        """The current merge did not pay; `share`: the adapter's share now. The retry waits for growth past the
+        larger of it and the trial's: behind the Ray app's router a worker's own share of its merged adapter
+        grows while that adapter's requests are sent to it, and growth the merge itself drew is no news."""
+        self.rejected[adapter] = _Rejection(max(self.trial_share, share), self.clock())
 
     def snapshot(self) -> dict:
         return {

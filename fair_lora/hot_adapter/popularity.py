@@ -13,7 +13,7 @@ about round(q(a)) workers: 85% over 2 workers takes both, 95% over 4 takes all f
 and two adapters at 45% over 2 workers take one each. Workers whose adapter still has seats keep it;
 the other workers take the unplaced seats in rank order, or None. A worker changes at most once per
 min_dwell_s (its first assignment is free), and nothing changes while the window holds fewer than
-min_requests requests.
+min_requests requests. Adapters whose merge a worker declined (its trial showed no gain) get no seat.
 """
 import math
 import time
@@ -187,10 +187,16 @@ class WorkerPlanner:
         self._plan[rank] = adapter
         self._changed_at[rank] = None
 
-    def plan(self, window: PopularityWindow) -> list[str | None]:
+    def plan(self, window: PopularityWindow, declined: frozenset[str] = frozenset()) -> list[str | None]:
+        """declined: adapters whose merge did not pay on a worker: planned as if their share were 0 and they held
+        no seat (dwell still keeps them on a worker that may not change yet)."""
         if window.total() < self.config.min_requests:
             return self.current
-        seats = self._seats(window.shares())
+        # Their seats go to nobody: the other adapters keep their own shares, not shares renormalised without the
+        # declined ones, which would hand those seats to less popular adapters. A merge that did not pay at a
+        # higher share pays less at a lower one.
+        shares = {a: s for a, s in window.shares().items() if a not in declined}
+        seats = self._seats(shares)
         now = self._clock()
         locked = [not _dwell_over(t, now, self.config.min_dwell_s) for t in self._changed_at]
         new_plan = self._place(seats, locked)

@@ -164,7 +164,8 @@ class AsyncLLMEngine:
 
     async def call(self, method: str, *args):
         """An engine method between two steps (serving/core_process.py CALLS): load_adapter, unload_adapter,
-        set_hot_adapter, hot_adapter, adapters, requests_using, stats."""
+        set_hot_adapter, assign_hot_adapter, declined_merges, switches_since, hot_adapter, adapters, requests_using,
+        stats."""
         return await asyncio.wrap_future(self.client.call(method, *args))
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
