@@ -1,4 +1,5 @@
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,21 @@ def oracle(demo):
     from tests.hf_oracle import HFOracle
 
     return HFOracle(demo.model_dir, demo.adapters)
+
+
+@pytest.fixture
+def small_grids(monkeypatch):
+    """Correction kernels on grids sized for the work rather than for an H100. Triton's interpreter runs every
+    program of a grid in Python, and the GPU sizes (512 shrink programs, 256 expand ones, most of them exiting at
+    once) cost seconds per call; the kernels cut their work from the grid they get (more K splits, or more column
+    blocks per program, on a bigger one), so a smaller grid computes the same sums. The kernels' own tests keep the
+    GPU sizes where the cut is what they check (test_kernels_lora.py: the split of wide inputs, the expand)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    from fair_lora.kernels.lora import expand, shrink
+
+    monkeypatch.setattr(shrink, "BUSY_GRID", 16)
+    monkeypatch.setattr(expand, "MIN_GRID", 4)
 
 
 def pytest_collection_modifyitems(config, items):

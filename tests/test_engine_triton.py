@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, request_mix  # noqa: E402
 
 
-def test_engine_on_triton_kernels_matches_peft_with_a_hot_adapter(demo, oracle, monkeypatch):
+def test_engine_on_triton_kernels_matches_peft_with_a_hot_adapter(demo, oracle, monkeypatch, small_grids):
     from fair_lora.kernels.lora import shrink as shrink_module
 
     monkeypatch.setenv("FAIR_LORA_TRITON", "1")

@@ -123,7 +123,9 @@ DTYPE_SHAPES = [(torch.float32, 40, 56), (torch.bfloat16, 72, 56)]  # odd widths
 @pytest.mark.parametrize("dtype,h_in,h_out", DTYPE_SHAPES, ids=str)
 @pytest.mark.parametrize("num_tokens", SIZES)
 @pytest.mark.parametrize("pattern", PATTERNS)
-def test_shrink_writes_every_element_and_matches_reference(pattern, num_tokens, dtype, h_in, h_out, nan_empty):
+def test_shrink_writes_every_element_and_matches_reference(
+    pattern, num_tokens, dtype, h_in, h_out, nan_empty, small_grids
+):
     _, _, batch, slots, x, _ = make_case(pattern, num_tokens, h_in, h_out, dtype)
     v = lora_shrink(x, slots, batch)
     ref = lora_shrink_ref(x.float(), float32(slots), batch)
@@ -160,7 +162,7 @@ def test_expand_adds_both_entries_of_a_token_once(pattern, num_tokens, dtype, h_
     "pattern,num_tokens",  # the kernels' own tests cover every size; 600 tokens take prefill-sized tiles
     [(p, n) for p in PATTERNS for n in (7, 133)] + [(p, 600) for p in ("identical", "zipf:1.5", "base-mixed")],
 )
-def test_correction_op_dispatches_to_triton_and_matches_reference(pattern, num_tokens, dtype, monkeypatch):
+def test_correction_op_dispatches_to_triton_and_matches_reference(pattern, num_tokens, dtype, monkeypatch, small_grids):
     _, _, batch, slots, x, y = make_case(pattern, num_tokens, 40, 56, dtype)
     ref = reference(y, x, slots, batch)
     calls = []
@@ -228,7 +230,7 @@ def make_group(sizes: tuple[int, ...], num_slots: int, h_in: int, dtype: torch.d
 
 @pytest.mark.parametrize("sizes", GROUPS, ids=str)
 @pytest.mark.parametrize("pattern,num_tokens", [("base-mixed", 7), ("zipf:1.5", 133), ("no-hot", 3), ("distinct", 1)])
-def test_group_correction_equals_each_projection_corrected_alone(sizes, pattern, num_tokens, monkeypatch):
+def test_group_correction_equals_each_projection_corrected_alone(sizes, pattern, num_tokens, monkeypatch, small_grids):
     """One shrink and one expand over a group (q/k/v, gate/up) write into the fused output exactly what each
     sub-projection's own correction writes into its columns."""
     gen = torch.Generator().manual_seed(zlib.crc32(f"{sizes} {pattern} {num_tokens}".encode()))
