@@ -5,7 +5,6 @@ Without CUDA the kernel runs in Triton's CPU interpreter; TRITON_INTERPRET is se
 """
 import dataclasses
 import os
-import zlib
 
 import torch
 
@@ -22,7 +21,7 @@ from fair_lora.kernels.lora.correction import lora_correction  # noqa: E402
 from fair_lora.kernels.lora.fused import column_items, lora_fused  # noqa: E402
 from fair_lora.kernels.lora.fused_ref import lora_fused_ref  # noqa: E402
 from tests.test_kernels_lora import (  # noqa: E402
-    DEVICE, DTYPE_SHAPES, GROUPS, PATTERNS, assert_close, make_case, make_group, make_tokens, pool_size, reference,
+    DEVICE, DTYPE_SHAPES, GROUPS, PATTERNS, assert_close, group_case, make_case, make_group, reference,
 )
 
 REAL_SHRINK, REAL_FUSED = shrink_module.lora_shrink, lora_fused
@@ -59,14 +58,7 @@ def test_reference_is_the_shrink_then_the_expand():
 def test_fused_group_equals_each_projection_corrected_alone(sizes, pattern, num_tokens, small_grid):
     """Over a group (q/k/v with narrow k/v, gate/up; the middle sub-projection untargeted by some adapters) each
     item reads its own sub-projection's A rows, ranks and Bᵀ columns."""
-    gen = torch.Generator().manual_seed(zlib.crc32(f"fused {sizes} {pattern} {num_tokens}".encode()))
-    token_slots, hot = make_tokens(pattern, num_tokens, gen)
-    num_slots = pool_size(num_tokens)
-    batch = build_lora_batch(token_slots, 0.5 + torch.rand(num_slots, generator=gen), hot, DEVICE)
-    group, alone = make_group(sizes, num_slots, 48, torch.float32, gen)
-    x = torch.randn(num_tokens, 48, generator=gen).to(DEVICE)
-    y = torch.randn(num_tokens, sum(sizes), generator=gen).to(DEVICE)
-    expected = torch.cat([reference(part, x, slots, batch) for part, slots in zip(y.split(sizes, 1), alone)], 1)
+    group, batch, x, y, expected = group_case(sizes, pattern, num_tokens, f"fused {sizes} {pattern} {num_tokens}")
     lora_fused(y, x, group, batch)
     assert_close(y, expected, torch.float32)
 

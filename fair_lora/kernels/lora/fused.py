@@ -27,10 +27,11 @@ import triton.language as tl
 
 from fair_lora.kernels.dot_precision import dot_precision
 from fair_lora.kernels.lora.batch import LoRABatch
+from fair_lora.kernels.lora.expand import column_blocks
 from fair_lora.kernels.lora.slots import LoRASlots
 
 BLOCK_K = 128
-BLOCK_N = 128  # H_out columns per block (halved when the rank block is 128 wide, to bound registers)
+BLOCK_N = 128  # at most this many H_out columns per block (expand.column_blocks halves it for rank 128)
 BLOCKS_PER_ITEM = 4  # column blocks an item expands: more amortize its shrink, fewer spread a step wider
 GRID = 264  # programs launched (about two per SM of an H100/H200); each loops over items past that
 
@@ -150,8 +151,8 @@ def lora_fused(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: LoRABa
     assert batch.token_idx.device == x.device == y.device == slots.a.device == batch.expand_tiles.device
     if batch.empty:
         return
-    block_r = max(16, triton.next_power_of_2(width))
-    block_n = min(BLOCK_N if block_r <= 64 else BLOCK_N // 2, max(16, triton.next_power_of_2(max(sizes))))
+    block_r, block_n = column_blocks(width, sizes)
+    block_n = min(block_n, BLOCK_N)  # this kernel's own BLOCK_N (tuned apart from the expand's)
     items = column_items(tuple(sizes), block_n, BLOCKS_PER_ITEM, str(x.device))
     _fused_kernel[(GRID,)](
         y, x, slots.a, slots.b_t, batch.token_idx, batch.scale, batch.hot_entry_of, batch.expand_tiles,
