@@ -3,8 +3,8 @@
     y[t, cols_j] += c_own · (x[t] · A_j[s]ᵀ) · B_j[s]ᵀ  +  c_hot · (x[t] · A_j[h]ᵀ) · B_j[h]ᵀ
 
 A decode step's correction is bound by latency, not bytes: with a few cold tokens the split-K shrink (with
-the zeroing of its v) and the expand are three dependent launches of tiny kernels per projection group, about
-13 µs a group and ~1.7 ms a Llama-7B step on an H100 however few tokens are cold. Here one program takes a work
+the zeroing of its v) and the expand are three dependent launches of tiny kernels per projection group, and a
+Llama-7B step pays them for 128 groups however few tokens are cold (docs/benchmarks.md). Here one program takes a work
 item (an expand tile of entries, and a run of column blocks of one sub-projection), computes the tile's v for
 that sub-projection over the whole H_in itself, and expands it into its columns. The price is recomputing v
 once per item instead of once per tile: x and the two A slices (own and hot) are re-read from L2 by every
