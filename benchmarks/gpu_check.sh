@@ -9,7 +9,8 @@
 #   multigpu    benchmarks/multi_gpu/bench.py on every GPU of the host (MULTI_GPU_ARGS: its flags; needs .ray-pack)
 #   kernels | sweep | merge | profile   the correction kernels alone, the expand's tiling, the merge, step profiles
 #   fused       the fused decode correction (FAIR_LORA_FUSED_CORRECTION=1) against shrink + expand: its GPU tests,
-#               the engine's GPU tests with it on, the kernels alone, generate() off and on at 98/91/80% hot
+#               the engine's GPU tests with it on, the kernels alone (~4 min)
+#   fusede2e    generate() with it off, then on, at 98/91/80% hot (~6 min: a call of its own)
 # (no argument: tests kernels profile). The step benchmark is its own call: python -m benchmarks.engine.bench.
 # Ray is not on the GPU machine: ../shared/tools/pack-ray.sh makes .ray-pack/raysite.tgz; carry .ray-pack.
 set -uo pipefail
@@ -41,7 +42,8 @@ for part in "${parts[@]}"; do
       FAIR_LORA_FUSED_CORRECTION=1 python -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_lora_fused.py \
         tests/test_gpu_engine.py 2>&1 | tee "$out/fused_gpu_tests.log" | tail -5
       python -m benchmarks.ops.correction --batches 32,192 --mixes 1,2,4,5,6 --iters 50 \
-        --vary lora.fused.BLOCK_K=128,256 2>&1 | tee "$out/fused_ops.log" | sed -n '/correction per step/,$p'
+        --vary lora.fused.BLOCK_K=128,256 2>&1 | tee "$out/fused_ops.log" | sed -n '/correction per step/,$p' ;;
+    fusede2e)
       for on in 0 1; do  # one engine per configuration, off then on, in one call: compare ratios within it
         FAIR_LORA_FUSED_CORRECTION=$on python -m benchmarks.e2e --modes base,fair,slora --alphas 0.02 \
           --lengths fixed --hot-shares 0.98,0.8 --requests 384 --out "$out/e2e_fused$on" 2>&1 \
