@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fair_lora.kernels.dot_precision import dot_precision
+from fair_lora.kernels.dot_precision import dot_precision, dot_upcast
 from fair_lora.kernels.lora.batch import LoRABatch
 from fair_lora.kernels.lora.expand import column_blocks
 from fair_lora.kernels.lora.slots import LoRASlots
@@ -47,21 +47,28 @@ def _a_rows(a_ptr, ranks_ptr, slot, sub, width, stride_a_slot, stride_a_rank, BL
 
 @triton.jit
 def _tile_v(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, k_end, HAS_HOT: tl.constexpr,
-            BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+            BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+            UPCAST: tl.constexpr):
     """[BLOCK_E, BLOCK_R] float32 x[t] · A_ownᵀ and x[t] · A_hotᵀ (zeros past each rank), in one pass over H_in
     (k_end: h_in, or 0 when neither has a rank row to read): each block of x is loaded once for both, and the
-    serial chain is one loop, not two."""
+    serial chain is one loop, not two. 16-bit operands go to tl.dot as they are (products of two bf16/fp16 values
+    are exact in its float32 accumulator, as in the shrink's tf32 dot of upcast ones), with no conversions in
+    that chain; UPCAST only for the interpreter (dot_precision.py)."""
     acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)  # not tl.zeros: see shrink.py
     acc_hot = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)
     for k0 in range(0, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < h_in
-        xs = tl.load(x_rows + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        xs = tl.load(x_rows + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
         a = tl.load(a_own + k[None, :], mask=own_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += tl.dot(xs, tl.trans(a.to(tl.float32)), input_precision=PRECISION)
+        if UPCAST:
+            xs, a = xs.to(tl.float32), a.to(tl.float32)
+        acc += tl.dot(xs, tl.trans(a), input_precision=PRECISION)
         if HAS_HOT:
             a_h = tl.load(a_hot + k[None, :], mask=hot_ok[:, None] & k_ok[None, :], other=0.0)
-            acc_hot += tl.dot(xs, tl.trans(a_h.to(tl.float32)), input_precision=PRECISION)
+            if UPCAST:
+                a_h = a_h.to(tl.float32)
+            acc_hot += tl.dot(xs, tl.trans(a_h), input_precision=PRECISION)
     return acc, acc_hot
 
 
@@ -71,7 +78,7 @@ def _fused_kernel(
     hot_slot_ptr, items_ptr, num_groups, h_in, width, num_slots, stride_y, stride_x, stride_a_slot, stride_a_rank,
     stride_b_slot, stride_b_rank,
     HAS_HOT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_K: tl.constexpr, GRID: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, GRID: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     num_tiles = tl.load(counts_ptr + 1)  # the real expand tiles; the table may be longer (graph padding)
     # The tile is the fastest index: programs that run together read the same B columns (L2 hits).
@@ -105,7 +112,7 @@ def _fused_kernel(
         # No walk over H_in where no rank row is read: a sub-projection neither adapter targets (q/v-only PEFT).
         reads = (rank > 0) | hot_reads
         v, v_hot = _tile_v(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, tl.where(reads, h_in, 0), HAS_HOT,
-                           BLOCK_E, BLOCK_R, BLOCK_K, PRECISION)
+                           BLOCK_E, BLOCK_R, BLOCK_K, PRECISION, UPCAST)
         v = v * tl.load(scale_ptr + e, mask=e_ok, other=0.0)[:, None]
         if HAS_HOT:
             v_hot = v_hot * tl.load(scale_ptr + p, mask=p_ok, other=0.0)[:, None]
@@ -159,5 +166,5 @@ def lora_fused(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: LoRABa
         batch.tile_counts, slots.ranks, batch.hot_slot_t, items, items.shape[0], h_in, width, num_slots,
         y.stride(0), x.stride(0), slots.a.stride(0), slots.a.stride(1), slots.b_t.stride(0), slots.b_t.stride(1),
         HAS_HOT=batch.hot_slot is not None, BLOCK_E=batch.tile_entries, BLOCK_N=block_n, BLOCK_R=block_r,
-        BLOCK_K=BLOCK_K, GRID=GRID, PRECISION=dot_precision(x.dtype),
+        BLOCK_K=BLOCK_K, GRID=GRID, PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype),
     )
