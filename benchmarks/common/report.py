@@ -3,6 +3,7 @@ on which device, the results' file names (`<bench>_<YYYY-MM-DD>_<device>.{json,m
 import datetime
 import hashlib
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -55,6 +56,8 @@ def run_meta(device_name: str) -> dict:
         "date": datetime.date.today().isoformat(),
         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device_name": device_name, "command": sys.argv, "versions": versions(),
+        # The switches that change which kernels run (fair_lora/kernels/): an A/B's two runs differ only here.
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("FAIR_LORA_")},
     }
 
 
