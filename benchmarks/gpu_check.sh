@@ -41,8 +41,9 @@ for part in "${parts[@]}"; do
     fused)
       FAIR_LORA_FUSED_CORRECTION=1 python -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_lora_fused.py \
         tests/test_gpu_engine.py 2>&1 | tee "$out/fused_gpu_tests.log" | tail -5
-      python -m benchmarks.ops.correction --batches 32,192 --mixes 1,2,4,5,6 --iters 50 \
-        --vary lora.fused.BLOCK_K=128,256 2>&1 | tee "$out/fused_ops.log" | sed -n '/correction per step/,$p' ;;
+      python -m benchmarks.ops.correction --batches 32,192 --mixes 2,4,5,6 --iters 50 \
+        --vary lora.fused.BLOCK_K=32,128 --vary lora.fused.CHAINS=1,4 2>&1 | tee "$out/fused_ops.log" \
+        | sed -n '/correction per step/,$p' ;;
     fusede2e)
       for on in 0 1; do  # one engine per configuration, off then on, in one call: compare ratios within it
         FAIR_LORA_FUSED_CORRECTION=$on python -m benchmarks.e2e --modes base,fair,slora --alphas 0.02 \

@@ -1,4 +1,5 @@
-"""Compile the fused decode correction for sm_90 and print its resource use as JSON, one line per form.
+"""Compile the fused decode correction for sm_90 and print its resource use as JSON, one line per form
+(with and without a merged adapter, each with 1, 2 and 4 accumulator chains, at the default BLOCK_K).
 
 Run as a subprocess by tests/test_kernels_compile.py, so that no test process's TRITON_INTERPRET (read when a
 kernel module is imported) turns the kernel into its interpreted form first."""
@@ -21,7 +22,8 @@ SIGNATURE = {
     "hot_slot_ptr": "*i32", "items_ptr": "*i32", "num_groups": "i32", "h_in": "i32", "width": "i32",
     "num_slots": "i32", "stride_y": "i32", "stride_x": "i32", "stride_a_slot": "i32", "stride_a_rank": "i32",
     "stride_b_slot": "i32", "stride_b_rank": "i32",
-    **dict.fromkeys(["HAS_HOT", "BLOCK_E", "BLOCK_N", "BLOCK_R", "BLOCK_K", "GRID", "PRECISION", "UPCAST"], "constexpr"),
+    **dict.fromkeys(["HAS_HOT", "BLOCK_E", "BLOCK_N", "BLOCK_R", "BLOCK_K", "CHAINS", "GRID", "PRECISION", "UPCAST"],
+                    "constexpr"),
 }
 
 
@@ -36,11 +38,13 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 
 def main() -> None:
     for has_hot in (True, False):
-        constexprs = {"HAS_HOT": has_hot, "BLOCK_E": 16, "BLOCK_N": fused.BLOCK_N, "BLOCK_R": 16,
-                      "BLOCK_K": fused.BLOCK_K, "GRID": fused.GRID, "PRECISION": "tf32", "UPCAST": False}
-        source = ASTSource(fn=fused._fused_kernel, signature=SIGNATURE, constexprs=constexprs)
-        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-        print(json.dumps({"has_hot": has_hot, **resource_usage(kernel.asm["cubin"])}))
+        for chains in (1, 2, 4):
+            constexprs = {"HAS_HOT": has_hot, "BLOCK_E": 16, "BLOCK_N": fused.BLOCK_N, "BLOCK_R": 16,
+                          "BLOCK_K": fused.BLOCK_K, "CHAINS": chains, "GRID": fused.GRID, "PRECISION": "tf32",
+                          "UPCAST": False}
+            source = ASTSource(fn=fused._fused_kernel, signature=SIGNATURE, constexprs=constexprs)
+            kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+            print(json.dumps({"has_hot": has_hot, "chains": chains, **resource_usage(kernel.asm["cubin"])}))
 
 
 if __name__ == "__main__":

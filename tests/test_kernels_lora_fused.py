@@ -63,9 +63,12 @@ def test_fused_group_equals_each_projection_corrected_alone(sizes, pattern, num_
     assert_close(y, expected, torch.float32)
 
 
-def test_wide_inputs_and_many_column_blocks(small_grid):
-    """H_in over several K blocks and an output over several items of several blocks (a partial last block)."""
-    h_in = 3 * fused_module.BLOCK_K - 20
+@pytest.mark.parametrize("chains", [1, 2, 4])
+def test_wide_inputs_and_many_column_blocks(chains, small_grid, monkeypatch):
+    """H_in over several K blocks (5: not a multiple of the accumulator chains, the last one partial) and an output
+    over several items of several blocks (a partial last block)."""
+    monkeypatch.setattr(fused_module, "CHAINS", chains)
+    h_in = 5 * fused_module.BLOCK_K - 20
     h_out = 2 * fused_module.BLOCKS_PER_ITEM * fused_module.BLOCK_N + 24
     _, _, batch, slots, x, y = make_case("zipf:1.5", 7, h_in, h_out, torch.float32)
     ref = reference(y, x, slots, batch)

@@ -30,7 +30,11 @@ from fair_lora.kernels.lora.batch import LoRABatch
 from fair_lora.kernels.lora.expand import column_blocks
 from fair_lora.kernels.lora.slots import LoRASlots
 
-BLOCK_K = 128
+# The dot over H_in: CHAINS accumulators (1, 2 or 4, see _tile_v) take its BLOCK_K blocks in turn. 4 x 32 reads
+# per step what 1 x 128 does, in chains 4 times shorter; compiled for sm_90 with 4 warps neither spills registers
+# (4 x 128 does: tests/test_kernels_compile.py).
+BLOCK_K = 32
+CHAINS = 4
 BLOCK_N = 128  # at most this many H_out columns per block (expand.column_blocks halves it for rank 128)
 BLOCKS_PER_ITEM = 4  # column blocks an item expands: more amortize its shrink, fewer spread a step wider
 GRID = 264  # programs launched (about two per SM of an H100/H200); each loops over items past that
@@ -46,30 +50,52 @@ def _a_rows(a_ptr, ranks_ptr, slot, sub, width, stride_a_slot, stride_a_rank, BL
 
 
 @triton.jit
-def _tile_v(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, k_end, HAS_HOT: tl.constexpr,
-            BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-            UPCAST: tl.constexpr):
-    """[BLOCK_E, BLOCK_R] float32 x[t] · A_ownᵀ and x[t] · A_hotᵀ (zeros past each rank), in one pass over H_in
-    (k_end: h_in, or 0 when neither has a rank row to read): each block of x is loaded once for both, and the
-    serial chain is one loop, not two. 16-bit operands go to tl.dot as they are (products of two bf16/fp16 values
-    are exact in its float32 accumulator, as in the shrink's tf32 dot of upcast ones), with no conversions in
-    that chain; UPCAST only for the interpreter (dot_precision.py)."""
-    acc = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)  # not tl.zeros: see shrink.py
-    acc_hot = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)
-    for k0 in range(0, k_end, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < h_in
-        xs = tl.load(x_rows + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
-        a = tl.load(a_own + k[None, :], mask=own_ok[:, None] & k_ok[None, :], other=0.0)
+def _k_block(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, k0, acc, acc_hot, HAS_HOT: tl.constexpr,
+             BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc += x[t, k0:k0+BLOCK_K] · A_own[:, k0:k0+BLOCK_K]ᵀ, and acc_hot the same against A_hot (x loaded once)."""
+    k = k0 + tl.arange(0, BLOCK_K)
+    k_ok = k < h_in
+    xs = tl.load(x_rows + k[None, :], mask=e_ok[:, None] & k_ok[None, :], other=0.0)
+    a = tl.load(a_own + k[None, :], mask=own_ok[:, None] & k_ok[None, :], other=0.0)
+    if UPCAST:
+        xs, a = xs.to(tl.float32), a.to(tl.float32)
+    acc = tl.dot(xs, tl.trans(a), acc, input_precision=PRECISION)
+    if HAS_HOT:
+        a_h = tl.load(a_hot + k[None, :], mask=hot_ok[:, None] & k_ok[None, :], other=0.0)
         if UPCAST:
-            xs, a = xs.to(tl.float32), a.to(tl.float32)
-        acc += tl.dot(xs, tl.trans(a), input_precision=PRECISION)
-        if HAS_HOT:
-            a_h = tl.load(a_hot + k[None, :], mask=hot_ok[:, None] & k_ok[None, :], other=0.0)
-            if UPCAST:
-                a_h = a_h.to(tl.float32)
-            acc_hot += tl.dot(xs, tl.trans(a_h), input_precision=PRECISION)
+            a_h = a_h.to(tl.float32)
+        acc_hot = tl.dot(xs, tl.trans(a_h), acc_hot, input_precision=PRECISION)
     return acc, acc_hot
+
+
+@triton.jit
+def _tile_v(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, k_end, HAS_HOT: tl.constexpr,
+            BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, CHAINS: tl.constexpr,
+            PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """[BLOCK_E, BLOCK_R] float32 x[t] · A_ownᵀ and x[t] · A_hotᵀ (zeros past each rank), in one pass over H_in
+    (k_end: h_in, or 0 when neither has a rank row to read): each block of x is loaded once for both.
+
+    The dot over H_in is this program's latency: every tl.dot's multiply-adds feed one accumulator, one after
+    another, H_in / 16 of them (688 for Llama-7B's down projection, where the split-K shrink gives a program at
+    most 64). CHAINS accumulators (1, 2 or 4) take the K blocks in turn, so as many chains run side by side,
+    each CHAINS times shorter, summed at the end.
+
+    16-bit operands go to tl.dot as they are (products of two bf16/fp16 values are exact in its float32
+    accumulator, as in the shrink's tf32 dot of upcast ones); UPCAST only for the interpreter (dot_precision.py)."""
+    acc0 = tl.full((BLOCK_E, BLOCK_R), 0.0, tl.float32)  # not tl.zeros: see shrink.py
+    hot0, acc1, hot1, acc2, hot2, acc3, hot3 = acc0, acc0, acc0, acc0, acc0, acc0, acc0
+    for k0 in range(0, k_end, CHAINS * BLOCK_K):
+        acc0, hot0 = _k_block(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, k0, acc0, hot0, HAS_HOT, BLOCK_K,
+                              PRECISION, UPCAST)
+        if CHAINS >= 2:
+            acc1, hot1 = _k_block(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, k0 + BLOCK_K, acc1, hot1,
+                                  HAS_HOT, BLOCK_K, PRECISION, UPCAST)
+        if CHAINS >= 4:
+            acc2, hot2 = _k_block(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, k0 + 2 * BLOCK_K, acc2, hot2,
+                                  HAS_HOT, BLOCK_K, PRECISION, UPCAST)
+            acc3, hot3 = _k_block(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, k0 + 3 * BLOCK_K, acc3, hot3,
+                                  HAS_HOT, BLOCK_K, PRECISION, UPCAST)
+    return (acc0 + acc1) + (acc2 + acc3), (hot0 + hot1) + (hot2 + hot3)
 
 
 @triton.jit
@@ -78,7 +104,7 @@ def _fused_kernel(
     hot_slot_ptr, items_ptr, num_groups, h_in, width, num_slots, stride_y, stride_x, stride_a_slot, stride_a_rank,
     stride_b_slot, stride_b_rank,
     HAS_HOT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_K: tl.constexpr, GRID: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_K: tl.constexpr, CHAINS: tl.constexpr, GRID: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     num_tiles = tl.load(counts_ptr + 1)  # the real expand tiles; the table may be longer (graph padding)
     # The tile is the fastest index: programs that run together read the same B columns (L2 hits).
@@ -112,7 +138,7 @@ def _fused_kernel(
         # No walk over H_in where no rank row is read: a sub-projection neither adapter targets (q/v-only PEFT).
         reads = (rank > 0) | hot_reads
         v, v_hot = _tile_v(x_rows, e_ok, a_own, own_ok, a_hot, hot_ok, h_in, tl.where(reads, h_in, 0), HAS_HOT,
-                           BLOCK_E, BLOCK_R, BLOCK_K, PRECISION, UPCAST)
+                           BLOCK_E, BLOCK_R, BLOCK_K, CHAINS, PRECISION, UPCAST)
         v = v * tl.load(scale_ptr + e, mask=e_ok, other=0.0)[:, None]
         if HAS_HOT:
             v_hot = v_hot * tl.load(scale_ptr + p, mask=p_ok, other=0.0)[:, None]
@@ -156,6 +182,7 @@ def lora_fused(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: LoRABa
     assert x.dtype == slots.a.dtype and width <= 128 and num_rows == width * len(sizes)
     assert slots.ranks.dtype == torch.int32 and slots.ranks.is_contiguous() and slots.ranks.shape[1] == num_slots
     assert batch.token_idx.device == x.device == y.device == slots.a.device == batch.expand_tiles.device
+    assert CHAINS in (1, 2, 4), f"CHAINS is {CHAINS}: the kernel has 1, 2 or 4 accumulators"
     if batch.empty:
         return
     block_r, block_n = column_blocks(width, sizes)
@@ -166,5 +193,5 @@ def lora_fused(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: LoRABa
         batch.tile_counts, slots.ranks, batch.hot_slot_t, items, items.shape[0], h_in, width, num_slots,
         y.stride(0), x.stride(0), slots.a.stride(0), slots.a.stride(1), slots.b_t.stride(0), slots.b_t.stride(1),
         HAS_HOT=batch.hot_slot is not None, BLOCK_E=batch.tile_entries, BLOCK_N=block_n, BLOCK_R=block_r,
-        BLOCK_K=BLOCK_K, GRID=GRID, PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype),
+        BLOCK_K=BLOCK_K, CHAINS=CHAINS, GRID=GRID, PRECISION=dot_precision(x.dtype), UPCAST=dot_upcast(x.dtype),
     )
