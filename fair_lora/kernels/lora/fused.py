@@ -8,8 +8,8 @@ Llama-7B step pays them for 128 groups however few tokens are cold (docs/benchma
 item (an expand tile of entries, and a run of column blocks of one sub-projection), computes the tile's v for
 that sub-projection over the whole H_in itself, and expands it into its columns. The price is recomputing v
 once per item instead of once per tile: x and the two A slices (own and hot) are re-read from L2 by every
-item of a tile, and its dot over H_in is one serial chain per program. Both are small at decode sizes
-(16 entries x rank 16), and large for prefill, which keeps shrink + expand (`correction.py` picks).
+item of a tile, and the dot over H_in is serial in each program (in CHAINS chains). Both are small at decode
+sizes (16 entries x rank 16), and large for prefill, which keeps shrink + expand (`correction.py` picks).
 
 Rows are written as the expand writes them: every output row by one program, once, own term and hot term summed
 in float32 registers (`batch.expand_tiles`, `batch.hot_entry_of`); no atomics, so the result is deterministic.
