@@ -10,7 +10,7 @@
 #   kernels | sweep | merge | profile   the correction kernels alone, the expand's tiling, the merge, step profiles
 #   fused       the fused decode correction (FAIR_LORA_FUSED_CORRECTION=1) against shrink + expand: its GPU tests,
 #               the engine's GPU tests with it on, the kernels alone (~4 min)
-#   fusede2e    generate() with it off, then on, at 98/91/80% hot (~6 min: a call of its own)
+#   fusede2e    generate() with it off, then on, at 98% and 91% hot (~9 min: a call of its own)
 # (no argument: tests kernels profile). The step benchmark is its own call: python -m benchmarks.engine.bench.
 # Ray is not on the GPU machine: ../shared/tools/pack-ray.sh makes .ray-pack/raysite.tgz; carry .ray-pack.
 set -uo pipefail
@@ -47,7 +47,7 @@ for part in "${parts[@]}"; do
     fusede2e)
       for on in 0 1; do  # one engine per configuration, off then on, in one call: compare ratios within it
         FAIR_LORA_FUSED_CORRECTION=$on python -m benchmarks.e2e --modes base,fair,slora --alphas 0.02 \
-          --lengths fixed --hot-shares 0.98,0.8 --requests 384 --out "$out/e2e_fused$on" 2>&1 \
+          --lengths fixed --hot-shares 0.98 --requests 256 --deadline-min 4.5 --out "$out/e2e_fused$on" 2>&1 \
           | tee "$out/e2e_fused$on.log" | tail -12
       done ;;
     merge) python -m benchmarks.ops.merge 2>&1 | tee "$out/merge_bench.log" | tail -8 ;;
