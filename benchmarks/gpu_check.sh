@@ -8,9 +8,6 @@
 #   harness     benchmarks/harness/gpu_harness.sh: launch_server.py + run_exp.py, fair then slora (needs .ray-pack)
 #   multigpu    benchmarks/multi_gpu/bench.py on every GPU of the host (MULTI_GPU_ARGS: its flags; needs .ray-pack)
 #   kernels | sweep | merge | profile   the correction kernels alone, the expand's tiling, the merge, step profiles
-#   fused       the fused decode correction (FAIR_LORA_FUSED_CORRECTION=1) against shrink + expand: its GPU tests,
-#               the engine's GPU tests with it on, the kernels alone (~4 min)
-#   fusede2e    generate() with it off, then on, at 98% and 91% hot (~9 min: a call of its own)
 # (no argument: tests kernels profile). The step benchmark is its own call: python -m benchmarks.engine.bench.
 # Ray is not on the GPU machine: ../shared/tools/pack-ray.sh makes .ray-pack/raysite.tgz; carry .ray-pack.
 set -uo pipefail
@@ -38,18 +35,6 @@ for part in "${parts[@]}"; do
       python -m benchmarks.ops.correction --batches 32,128 --mixes 1,2 --iters 30 \
         --vary lora.expand.MAX_BLOCKS_PER_PROGRAM=2,4 --vary lora.expand.BLOCK_N=64,128 2>&1 \
         | tee "$out/expand_sweep.log" | sed -n '/correction per step/,$p' ;;
-    fused)
-      FAIR_LORA_FUSED_CORRECTION=1 python -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels_lora_fused.py \
-        tests/test_gpu_engine.py 2>&1 | tee "$out/fused_gpu_tests.log" | tail -5
-      python -m benchmarks.ops.correction --batches 32,192 --mixes 2,4,5,6 --iters 50 \
-        --vary lora.fused.BLOCK_K=32,128 --vary lora.fused.CHAINS=1,4 2>&1 | tee "$out/fused_ops.log" \
-        | sed -n '/correction per step/,$p' ;;
-    fusede2e)
-      for on in 0 1; do  # one engine per configuration, off then on, in one call: compare ratios within it
-        FAIR_LORA_FUSED_CORRECTION=$on python -m benchmarks.e2e --modes base,fair,slora --alphas 0.02 \
-          --lengths fixed --hot-shares 0.98 --requests 256 --deadline-min 4.5 --out "$out/e2e_fused$on" 2>&1 \
-          | tee "$out/e2e_fused$on.log" | tail -12
-      done ;;
     merge) python -m benchmarks.ops.merge 2>&1 | tee "$out/merge_bench.log" | tail -8 ;;
     profile)
       for case in "1 slora" "32 base" "32 slora" "32 cold" "32 hot"; do

@@ -2,8 +2,7 @@
 write, norms, rotary, SiLU, merge), run by Triton's CPU interpreter, matches transformers + peft.
 
 The kernel tests check each kernel alone; this checks they are wired right: the fused q/k/v and gate/up
-outputs, the group slots the pool fills, a merged hot adapter beside cold ones and base-model requests, with the
-decode steps' correction as shrink + expand and as the fused kernel."""
+outputs, the group slots the pool fills, a merged hot adapter beside cold ones and base-model requests."""
 import os
 
 import torch
@@ -11,30 +10,20 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
-import pytest  # noqa: E402
-
 from tests.engine_helpers import assert_matches_oracle, greedy, make_engine, request_mix  # noqa: E402
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["shrink-expand", "fused-decode"])
-def test_engine_on_triton_kernels_matches_peft_with_a_hot_adapter(demo, oracle, monkeypatch, small_grids, fused):
-    """fused: decode steps (few entries) take the fused correction, prefill keeps the shrink and the expand."""
-    from fair_lora.kernels.lora import correction as correction_module
-    from fair_lora.kernels.lora import fused as fused_module
+def test_engine_on_triton_kernels_matches_peft_with_a_hot_adapter(demo, oracle, monkeypatch, small_grids):
     from fair_lora.kernels.lora import shrink as shrink_module
 
     monkeypatch.setenv("FAIR_LORA_TRITON", "1")
-    monkeypatch.setattr(correction_module, "FUSED_DECODE", fused)
-    groups, fused_groups = [], []
-    real_shrink, real_fused = shrink_module.lora_shrink, fused_module.lora_fused
+    groups = []
+    real_shrink = shrink_module.lora_shrink
     monkeypatch.setattr(shrink_module, "lora_shrink", lambda x, slots, batch: groups.append(
         len(slots.out_sizes)) or real_shrink(x, slots, batch))
-    monkeypatch.setattr(fused_module, "lora_fused", lambda y, x, slots, batch: fused_groups.append(
-        len(slots.out_sizes)) or real_fused(y, x, slots, batch))
     engine = make_engine(demo, mode="fair")
     engine.set_hot_adapter("adapter-1")
     requests = request_mix(demo)
     outputs = engine.generate([p for p, _ in requests], [a for _, a in requests], greedy(4))
     assert_matches_oracle(engine, oracle, outputs, 4)
     assert set(groups) == {1, 2, 3}  # o/down alone, gate/up and q/k/v as groups, all through the kernels
-    assert set(fused_groups) == ({1, 2, 3} if fused else set())

@@ -4,12 +4,11 @@ Each row builds a pool of 100 rank-16 adapters (Llama-2-7B projection shapes), a
 an adapter mix, and the batch metadata padded as a CUDA-graph bucket pads it (entries to the next power of two,
 at most 2B; tiles to that bucket's worst case, the padding tiles stale copies of real ones),
 then checks the Triton result against the torch reference and times graph replays (20 launches each) of: the base GEMM
-(F.linear), the shrink (with the zeroing of v), the zeroing alone, the expand, and both; and the fused kernel (shrink
-and expand in one launch, `lora/fused.py`; decode batches only), checked the same way. Bytes counted: the distinct
+(F.linear), the shrink (with the zeroing of v), the zeroing alone, the expand, and both. Bytes counted: the distinct
 adapters' A and B, x once, y read and written once; "vs GEMM" is the correction's time over the base GEMM's (the
 share it adds to that projection).
 
-The summary multiplies out a Llama-2-7B step: 32 layers × the four projection groups, for both forms.
+The summary multiplies out a Llama-2-7B step: 32 layers × the four projection groups.
 --vary sets a kernel module's tuning constant to each listed value in turn (every combination is measured).
 
     python -m benchmarks.ops.correction            # on the GPU machine
@@ -33,7 +32,7 @@ SHAPES = {"q/k/v 4096→3×4096": (4096, (4096,) * 3), "o 4096→4096": (4096, (
 LAYERS = 32
 REPEAT = 20  # launches per graph replay: a replay's own fixed cost would otherwise hide short kernels
 # (name, share of hot tokens, distinct cold adapters); a hot share of 0 means nothing is merged (slora). A share
-# above 1 is a count: B - n hot tokens and n cold ones (the few-cold steps where the fused kernel should pay).
+# above 1 is a count: B - n hot tokens and n cold ones (the few-cold steps a high hot share makes).
 MIXES = (("1 adapter, none hot", 0.0, 1), ("all distinct, none hot", 0.0, None), ("90% hot, rest distinct", 0.9, None),
          ("8 adapters, one hot", 1 / 8, 7), ("1 cold, rest hot", 1 + 1, None), ("4 cold, rest hot", 1 + 4, None),
          ("16 cold, rest hot", 1 + 16, None))
@@ -79,7 +78,6 @@ def row(shape: tuple[int, tuple[int, ...]], size: int, mix, args, device, dtype,
     from fair_lora.kernels.lora.correction import lora_correction
     from fair_lora.kernels.lora.expand import lora_expand
     from fair_lora.kernels.lora.expand_ref import lora_expand_ref
-    from fair_lora.kernels.lora.fused import lora_fused
     from fair_lora.kernels.lora.shrink import lora_shrink
     from fair_lora.kernels.lora.shrink_ref import lora_shrink_ref
     from fair_lora.kernels.lora.slots import LoRASlots
@@ -104,17 +102,13 @@ def row(shape: tuple[int, tuple[int, ...]], size: int, mix, args, device, dtype,
     y = y0.clone()
     lora_correction(y, x, slots, static)
     error = ((y.float() - ref).norm() / (ref - y0.float()).norm().clamp_min(1e-30)).item()
-    y_fused = y0.clone()
-    lora_fused(y_fused, x, slots, static)
-    fused_error = ((y_fused.float() - ref).norm() / (ref - y0.float()).norm().clamp_min(1e-30)).item()
     v = lora_shrink(x, slots, static)
-    out = {"shape": f"{h_in}→{'+'.join(map(str, sizes))}", "B": size, "mix": name, "error": max(error, fused_error)}
+    out = {"shape": f"{h_in}→{'+'.join(map(str, sizes))}", "B": size, "mix": name, "error": error}
     if device.type == "cuda":
         runs = {"gemm": lambda: F.linear(x, w), "shrink": lambda: lora_shrink(x, slots, static),
                 "zeros": lambda: torch.zeros(v.shape, dtype=v.dtype, device=device),
                 "expand": lambda: lora_expand(y, v, slots, static),
-                "correction": lambda: lora_correction(y, x, slots, static),
-                "fused": lambda: lora_fused(y, x, slots, static)}
+                "correction": lambda: lora_correction(y, x, slots, static)}
         for key, fn in runs.items():
             replay, _ = graph_replay(fn, device, REPEAT)
             out[key] = timed(replay, args.iters, device) / REPEAT
@@ -125,15 +119,13 @@ def row(shape: tuple[int, tuple[int, ...]], size: int, mix, args, device, dtype,
 
 def summary(rows: list[dict]) -> str:
     """Correction time of a whole Llama-2-7B decode step (224 projections) per variant, batch and mix."""
-    steps: dict[tuple, list[float]] = {}
+    steps: dict[tuple, float] = {}
     for r in rows:
         if "correction" in r:
-            step = steps.setdefault((r["variant"], r["B"], r["mix"]), [0.0, 0.0])
-            step[0] += LAYERS * r["correction"]
-            step[1] += LAYERS * r["fused"]
-    lines = ["| variant | B | mix | correction per step ms | fused per step ms | fused / correction |",
-             "|---|---:|---|---:|---:|---:|"]
-    lines += [f"| {v} | {b} | {m} | {t * 1e3:.2f} | {f * 1e3:.2f} | {f / t:.2f} |" for (v, b, m), (t, f) in steps.items()]
+            key = (r["variant"], r["B"], r["mix"])
+            steps[key] = steps.get(key, 0.0) + LAYERS * r["correction"]
+    lines = ["| variant | B | mix | correction per step ms |", "|---|---:|---|---:|"]
+    lines += [f"| {v} | {b} | {m} | {t * 1e3:.2f} |" for (v, b, m), t in steps.items()]
     return "\n".join(lines)
 
 
@@ -156,17 +148,17 @@ def apply(variant: dict[tuple[str, str], str]) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = ["| variant | projection | B | mix | GEMM µs | shrink µs | of it zeros µs | expand µs | correction µs | vs GEMM "
-             "| GB/s | fused µs | rel err |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| GB/s | rel err |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "gemm" not in r:
-            lines.append(f"| {r['variant']} | {r['shape']} | {r['B']} | {r['mix']} | - | - | - | - | - | - | - | - | "
+            lines.append(f"| {r['variant']} | {r['shape']} | {r['B']} | {r['mix']} | - | - | - | - | - | - | - | "
                          f"{r['error']:.1e} |")
             continue
         lines.append(
             f"| {r['variant']} | {r['shape']} | {r['B']} | {r['mix']} | {r['gemm'] * 1e6:.1f} | {r['shrink'] * 1e6:.1f} | "
             f"{r['zeros'] * 1e6:.1f} | "
             f"{r['expand'] * 1e6:.1f} | {r['correction'] * 1e6:.1f} | {r['correction'] / r['gemm']:.2f} | "
-            f"{r['bytes'] / r['correction'] / 1e9:.0f} | {r['fused'] * 1e6:.1f} | {r['error']:.1e} |")
+            f"{r['bytes'] / r['correction'] / 1e9:.0f} | {r['error']:.1e} |")
     return "\n".join(lines)
 
 

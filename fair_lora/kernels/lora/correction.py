@@ -3,30 +3,19 @@
 FAIR_LORA_TRITON=1 forces the Triton kernels for CPU tensors too (with TRITON_INTERPRET=1), which is how the
 CPU tests exercise this dispatch.
 
-Batches of few entries (decode steps with few cold tokens: at most FUSED_MAX_ENTRIES, in tiles of DECODE_TILE)
-can take the fused kernel (`fused.py`: shrink and expand in one launch) instead of the shrink and the expand;
-`FUSED_DECODE` (FAIR_LORA_FUSED_CORRECTION=1) turns it on. It trades two dependent launches (and v's zeroing)
-for recomputing v once per work item, which grows with the tiles: so only few entries. In a CUDA graph the
-entries are the graph's entry bucket, so each graph is captured with one form. Off until a GPU run shows
-where it pays.
-
 `linear_with_correction` is the projection: the base GEMM, then the correction into its output. (The shrink
 on a second stream beside the base GEMM, as vLLM and SGLang overlap LoRA with the base projection, was measured
-and made decode slower here: docs/benchmarks-history.md.)
+and made decode slower here, and so was shrink and expand fused into one launch per group with v recomputed per
+work item, 3-5x: docs/benchmarks-history.md.)
 """
-import os
-
 import torch
 import torch.nn.functional as F
 
 from fair_lora.kernels.dispatch import use_triton
-from fair_lora.kernels.lora.batch import DECODE_TILE, LoRABatch
+from fair_lora.kernels.lora.batch import LoRABatch
 from fair_lora.kernels.lora.expand_ref import lora_expand_ref
 from fair_lora.kernels.lora.shrink_ref import lora_shrink_ref
 from fair_lora.kernels.lora.slots import LoRASlots
-
-FUSED_DECODE = os.environ.get("FAIR_LORA_FUSED_CORRECTION") == "1"
-FUSED_MAX_ENTRIES = int(os.environ.get("FAIR_LORA_FUSED_MAX_ENTRIES", "32"))
 
 
 def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> None:
@@ -40,11 +29,6 @@ def lora_correction(y: torch.Tensor, x: torch.Tensor, slots: LoRASlots, batch: L
     if use_triton(x):
         # Imported on first use: triton.jit reads TRITON_INTERPRET when the kernel module is imported, and a
         # CPU-only process never needs Triton at all.
-        if FUSED_DECODE and batch.tile_entries == DECODE_TILE and batch.num_entries <= FUSED_MAX_ENTRIES:
-            from fair_lora.kernels.lora.fused import lora_fused
-
-            lora_fused(y, x, slots, batch)
-            return
         from fair_lora.kernels.lora.expand import lora_expand
         from fair_lora.kernels.lora.shrink import lora_shrink
 
