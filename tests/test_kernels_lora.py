@@ -228,9 +228,12 @@ def make_group(sizes: tuple[int, ...], num_slots: int, h_in: int, dtype: torch.d
     return group, alone
 
 
-def group_case(sizes: tuple[int, ...], pattern: str, num_tokens: int, seed: str):
-    """A group's slots, a batch, x, y, and what each sub-projection corrected alone makes of y (float32, H_in 48)."""
-    gen = torch.Generator().manual_seed(zlib.crc32(seed.encode()))
+@pytest.mark.parametrize("sizes", GROUPS, ids=str)
+@pytest.mark.parametrize("pattern,num_tokens", [("base-mixed", 7), ("zipf:1.5", 133), ("no-hot", 3), ("distinct", 1)])
+def test_group_correction_equals_each_projection_corrected_alone(sizes, pattern, num_tokens, monkeypatch, small_grids):
+    """One shrink and one expand over a group (q/k/v, gate/up) write into the fused output exactly what each
+    sub-projection's own correction writes into its columns."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{sizes} {pattern} {num_tokens}".encode()))
     token_slots, hot = make_tokens(pattern, num_tokens, gen)
     num_slots = pool_size(num_tokens)
     batch = build_lora_batch(token_slots, 0.5 + torch.rand(num_slots, generator=gen), hot, DEVICE)
@@ -238,15 +241,6 @@ def group_case(sizes: tuple[int, ...], pattern: str, num_tokens: int, seed: str)
     x = torch.randn(num_tokens, 48, generator=gen).to(DEVICE)
     y = torch.randn(num_tokens, sum(sizes), generator=gen).to(DEVICE)
     expected = torch.cat([reference(part, x, slots, batch) for part, slots in zip(y.split(sizes, 1), alone)], 1)
-    return group, batch, x, y, expected
-
-
-@pytest.mark.parametrize("sizes", GROUPS, ids=str)
-@pytest.mark.parametrize("pattern,num_tokens", [("base-mixed", 7), ("zipf:1.5", 133), ("no-hot", 3), ("distinct", 1)])
-def test_group_correction_equals_each_projection_corrected_alone(sizes, pattern, num_tokens, monkeypatch, small_grids):
-    """One shrink and one expand over a group (q/k/v, gate/up) write into the fused output exactly what each
-    sub-projection's own correction writes into its columns."""
-    group, batch, x, y, expected = group_case(sizes, pattern, num_tokens, f"{sizes} {pattern} {num_tokens}")
     assert_close(reference(y, x, group, batch), expected, torch.float32)  # the group reference
     monkeypatch.setenv("FAIR_LORA_TRITON", "1")
     lora_correction(y, x, group, batch)

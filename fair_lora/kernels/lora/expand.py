@@ -107,14 +107,6 @@ def _expand_kernel(
         tl.store(y_block, (y + acc).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def column_blocks(width: int, sizes: tuple[int, ...]) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_N) for a group of rank width `width` and output widths `sizes`: the whole padded rank in one
-    block, and BLOCK_N columns (half as many when the rank block is 128 wide, to bound registers; fewer for
-    narrow outputs)."""
-    block_r = max(16, triton.next_power_of_2(width))
-    return block_r, min(BLOCK_N if block_r <= 64 else BLOCK_N // 2, max(16, triton.next_power_of_2(max(sizes))))
-
-
 def lora_expand(y: torch.Tensor, v: torch.Tensor, slots: LoRASlots, batch: LoRABatch) -> None:
     """y: [T, ΣH_out] float32/bf16/fp16 (rows may be strided), updated in place; v: [E, n·R] float32 from the
     shrink; slots.b_t: [S, R, ΣH_out] contiguous, R <= 128, n <= 3. Rows of tokens without entries are left
@@ -131,7 +123,8 @@ def lora_expand(y: torch.Tensor, v: torch.Tensor, slots: LoRASlots, batch: LoRAB
     assert batch.token_idx.device == y.device == v.device == slots.b_t.device == batch.expand_tiles.device
     if batch.empty:
         return
-    block_r, block_n = column_blocks(width, sizes)
+    block_r = max(16, triton.next_power_of_2(width))
+    block_n = min(BLOCK_N if block_r <= 64 else BLOCK_N // 2, max(16, triton.next_power_of_2(max(sizes))))
     per_sub = [triton.cdiv(size, block_n) for size in sizes] + [0, 0]
     n_blocks = sum(per_sub)
     num_tiles = batch.expand_tiles.shape[0]
